@@ -1,0 +1,350 @@
+"""One image job's fields, and the one validator that the CLI, the producer and the worker share.
+
+``validate_job`` turns a mapping (a parsed prompt line, a database row) into a frozen ``JobSpec`` or
+raises ``InvalidJob`` with a message that names the field and the fix. ``check_model_reference``
+adds the one check that needs the file system: local model folders must lie under the allowed
+roots. Only the standard library and pydantic are imported here, so ``loopfree submit`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from loopfree.errors import InvalidJob
+
+# The UNet downsamples the 1/8-size latent three times; below 64 px that leaves less than one
+# latent pixel at the bottom of the UNet.
+MIN_SIZE = 64
+# SD-1.5-class models are trained at 512 px and repeat themselves far above it, and one 2048 px
+# image already needs several GB of activations; larger requests are almost surely mistakes.
+MAX_SIZE = 2048
+# The VAE maps 8x8 pixels to one latent pixel; other sizes cannot be decoded to the size asked for.
+SIZE_MULTIPLE = 8
+# Seeds are stored in a signed 64-bit SQL column (BIGINT); torch generators accept all of them.
+MAX_SEED = 2**63 - 1
+# Loopfree models are distilled for 4 steps, and more steps do not make their images better.
+DEFAULT_STEPS = 4
+# Bounds how long one job holds its place in a batch; no Loopfree schedule needs more.
+MAX_STEPS = 50
+# One line asking for more images than this is far more likely a typo than a wish.
+MAX_NUM_IMAGES = 64
+# CLIP reads the first 77 tokens (about 300 characters) and truncates the rest, which is fine; a
+# limit far above that still stops a 1 MB paste before it reaches the database and the queue.
+MAX_PROMPT_CHARS = 10_000
+# Metadata rides along in every job row and message; it is for tags and ids, not payloads.
+MAX_METADATA_BYTES = 16 * 1024
+# PATH_MAX on Linux; no hub id or real model folder is longer.
+MAX_MODEL_CHARS = 4096
+# Celery's Redis and RabbitMQ transports both order priorities 0..9, 9 first.
+PRIORITY_LEVELS: Mapping[str, int] = {"high": 9, "normal": 5, "low": 0}
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+MODEL_ROOTS_SETTING = "LOOPFREE_MODEL_ROOTS"
+
+# fullmatch with ASCII: `\w` would otherwise admit any Unicode letter and `$` a trailing newline.
+HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+class JobSpec(BaseModel):
+    """Everything a worker needs to render one image; seeds are always concrete.
+
+    ``height``/``width`` of None mean "the model's native size", resolved where the model is known
+    (``resolve_size``). ``num_images`` is not a field: a request for k images becomes k jobs.
+    """
+
+    # strict: a seed of "42" or true in a JSON line is an error to fix, not a guess to make.
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    prompt: str
+    seed: int
+    model: str
+    height: int | None = None
+    width: int | None = None
+    steps: int = DEFAULT_STEPS
+    priority: int = PRIORITY_LEVELS["normal"]
+    metadata: dict[str, Any] = {}
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: str) -> str:
+        prompt = value.strip()
+        if not prompt:
+            raise _field_error("prompt is empty; write what the image should show")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise _field_error(
+                f"prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
+                "(CLIP reads only the first 77 tokens anyway), so shorten it"
+            )
+        if "\x00" in prompt:
+            # PostgreSQL text columns cannot hold NUL.
+            raise _field_error("prompt contains a NUL character; remove it")
+        _check_utf8("prompt", prompt)
+        return prompt
+
+    @field_validator("seed")
+    @classmethod
+    def _check_seed(cls, value: int) -> int:
+        if not 0 <= value <= MAX_SEED:
+            raise _field_error(
+                f"seed {_short(value)} is out of range; use a whole number from 0 to {MAX_SEED}"
+            )
+        return value
+
+    @field_validator("height", "width")
+    @classmethod
+    def _check_size(cls, value: int | None, info: Any) -> int | None:
+        if value is not None:
+            check_size(info.field_name, value)
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _check_steps(cls, value: int) -> int:
+        if not 1 <= value <= MAX_STEPS:
+            raise _field_error(
+                f"steps {_short(value)} is out of range; use 1 to {MAX_STEPS} "
+                f"(Loopfree models are trained for {DEFAULT_STEPS})"
+            )
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        _check_model_text(value)
+        if not (_looks_like_path(value) or is_hub_id(value)):
+            raise _field_error(
+                f"model {value!r} is neither a hub id like owner/name nor a local path; "
+                "write a hub id, or start a local folder with ./ or /"
+            )
+        return value
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _check_priority(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            level = PRIORITY_LEVELS.get(value.strip().lower())
+            if level is None:
+                raise _field_error(
+                    f"priority {value[:40]!r} is unknown; use {', '.join(PRIORITY_LEVELS)} "
+                    f"or a number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+                )
+            return level
+        if type(value) is int and not MIN_PRIORITY <= value <= MAX_PRIORITY:
+            raise _field_error(
+                f"priority {_short(value)} is out of range; use {', '.join(PRIORITY_LEVELS)} "
+                f"or a number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+            )
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value:
+            check_metadata(value)
+        return value
+
+    def resolve_size(self, native_height: int, native_width: int) -> JobSpec:
+        """This job with an unset height or width replaced by the model's native size."""
+        if self.height is not None and self.width is not None:
+            return self
+        data = self.model_dump()
+        data["height"] = native_height if self.height is None else self.height
+        data["width"] = native_width if self.width is None else self.width
+        return validate_job(data)
+
+
+def validate_job(data: Mapping[str, Any]) -> JobSpec:
+    """The shared validator: a mapping of job fields -> ``JobSpec``, or ``InvalidJob`` saying why."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidJob(explain_validation_error(exc)) from None
+
+
+def check_size(name: str, value: int) -> None:
+    """Raise InvalidJob unless ``value`` is a usable image height or width in pixels."""
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        raise _field_error(
+            f"{name} {_short(value)} is outside {MIN_SIZE}..{MAX_SIZE} px; "
+            f"use a multiple of {SIZE_MULTIPLE} in that range"
+        )
+    if value % SIZE_MULTIPLE:
+        lower = value - value % SIZE_MULTIPLE
+        options = [size for size in (lower, lower + SIZE_MULTIPLE) if MIN_SIZE <= size <= MAX_SIZE]
+        raise _field_error(
+            f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; use "
+            + " or ".join(str(size) for size in options)
+        )
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> None:
+    """Raise InvalidJob unless ``metadata`` is a small JSON object that PostgreSQL JSONB can store."""
+    try:
+        text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        # UnicodeEncodeError (a lone surrogate) is a ValueError too.
+        raise _field_error(f"metadata is not plain JSON ({exc}); use strings, numbers, lists and "
+                           "objects only") from None
+    if size > MAX_METADATA_BYTES:
+        raise _field_error(
+            f"metadata is {size:,} bytes as JSON; the limit is {MAX_METADATA_BYTES:,}, so keep "
+            "only ids and tags in it"
+        )
+    # json.dumps quietly turns int keys into strings and escapes NUL; JSONB rejects "\u0000".
+    stack: list[Any] = [metadata]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise _field_error(f"metadata key {key!r} is not a string; quote it")
+                if "\x00" in key:
+                    raise _field_error("metadata contains a NUL character; remove it")
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise _field_error("metadata contains a NUL character; remove it")
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether ``model`` is written like a Hugging Face hub id, ``owner/name``."""
+    # The hub itself refuses "..", which could also climb out of the local cache folder.
+    return HUB_ID_PATTERN.fullmatch(model) is not None and ".." not in model
+
+
+def check_model_reference(model: str, allowed_roots: Sequence[Path]) -> str:
+    """Check a model reference and return it in the form jobs should record.
+
+    A local path (absolute, ``./``, ``../``, ``~``, or anything that exists on disk) is resolved,
+    symlinks included, to an absolute path, because the worker runs in another directory; with
+    ``allowed_roots`` set it must lie under one of them. Anything else must be a hub id.
+    Whether the folder holds usable weights is the loader's question (``ModelNotFound``).
+    """
+    _check_model_text(model)
+    if _looks_like_path(model) or os.path.exists(model):
+        try:
+            resolved = Path(model).expanduser().resolve()
+            roots = [Path(root).expanduser().resolve() for root in allowed_roots]
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise InvalidJob(f"model path {model!r} cannot be resolved ({exc}); fix the path")
+        if roots and not any(resolved == root or root in resolved.parents for root in roots):
+            raise InvalidJob(
+                f"model path {model!r} resolves to {resolved}, outside the allowed model roots "
+                f"({', '.join(str(root) for root in roots)}); move the model under one of them "
+                f"or add its folder to {MODEL_ROOTS_SETTING}"
+            )
+        return str(resolved)
+    if is_hub_id(model):
+        return model
+    raise InvalidJob(
+        f"model {model!r} is neither a hub id like owner/name nor a local path; write a hub id, "
+        "or start a local folder with ./ or /"
+    )
+
+
+def explain_validation_error(exc: ValidationError) -> str:
+    """Pydantic's errors as one readable line: field, problem, fix; no documentation URLs."""
+    return "; ".join(validation_messages(exc))
+
+
+def validation_messages(exc: ValidationError) -> list[str]:
+    """One readable message per error in ``exc``."""
+    messages = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "input"
+        kind = error["type"]
+        got = error.get("input")
+        if kind == "loopfree":
+            messages.append(error["msg"])
+        elif kind == "missing":
+            messages.append(f"{field} is missing; add it")
+        elif kind == "extra_forbidden":
+            messages.append(f"{field} is not a known field; remove it or fix its spelling")
+        elif kind in _TYPE_NAMES:
+            messages.append(
+                f"{field} must be {_TYPE_NAMES[kind]}, not {_describe(got)}; fix its value"
+            )
+        else:
+            messages.append(f"{field}: {error['msg']}")
+    return messages
+
+
+# pydantic error type -> what the field must be, in words a user of a prompt file knows.
+_TYPE_NAMES = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "string_type": "text",
+    "dict_type": "a JSON object",
+    "bool_type": "true or false",
+    "float_type": "a number",
+    "list_type": "a list",
+}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value: Any) -> str:
+    """repr of a value, cut so that a 5,000-digit number cannot flood a message."""
+    text = str(value) if isinstance(value, int) and abs(value) < 10**40 else repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text):,} characters)"
+
+
+def _field_error(message: str) -> PydanticCustomError:
+    # The message goes in as context, so braces in user text are not read as a template.
+    return _FieldError("loopfree", "{message}", {"message": message})
+
+
+class _FieldError(PydanticCustomError):
+    """A PydanticCustomError that is also an InvalidJob, so helpers work inside and outside models."""
+
+
+# Raising it as InvalidJob outside a validator is what check_size/check_metadata callers expect.
+_FieldError.__bases__ = (PydanticCustomError,)
+
+
+def _check_model_text(model: str) -> None:
+    if not model.strip():
+        raise InvalidJob("model is empty; give a hub id like owner/name or a local folder")
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidJob(f"model is {len(model):,} characters long; the limit is {MAX_MODEL_CHARS}")
+    if _CONTROL_CHARS.search(model):
+        raise InvalidJob("model contains a control character (NUL, newline, ...); remove it")
+    _check_utf8("model", model)
+
+
+def _check_utf8(field: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob(
+            f"{field} contains a lone surrogate (a broken \\ud8xx escape); write the character "
+            "itself"
+        ) from None
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(_PATH_PREFIXES) or model in (".", "..") or os.path.isabs(model)

@@ -1,0 +1,204 @@
+"""Typed SQLAlchemy models: one row per submission (bulk submit) and one row per job (image).
+
+The database is the source of truth for a job's state; broker messages only carry job ids. Every
+status change goes through the guarded updates in ``storage.jobs``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints and indexes: Alembic can only alter or drop what has a stable name, and SQLite
+# batch migrations rebuild tables from these names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MAX_SEED = 2**63 - 1
+"""Seeds are stored as signed 64-bit integers, so the largest is 2**63 - 1."""
+
+PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH = 0, 5, 9
+"""Celery/Redis priority semantics: 0..9, higher runs first."""
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life. ``succeeded``, ``failed`` and ``cancelled`` are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    SQLite has no time zones and hands back naive datetimes; storing UTC and re-attaching the zone
+    on the way out makes comparisons and subtraction behave the same as on PostgreSQL.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC time")
+        value = value.astimezone(timezone.utc)
+        # SQLite stores text; a fixed, zone-less format keeps string comparisons chronological.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (what every timestamp column holds)."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class Submission(Base):
+    """One bulk submit: a prompt file turned into ``job_count`` jobs."""
+
+    __tablename__ = "submissions"
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    created_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(1024))
+    defaults: Mapped[dict[str, Any]]
+    job_count: Mapped[int] = mapped_column(Integer)
+    # A client-chosen key: submitting again with the same key returns the first submission.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    finished_at: Mapped[datetime | None]
+    webhook_sent_at: Mapped[datetime | None]
+
+    __table_args__ = (CheckConstraint("job_count >= 0", name="job_count_non_negative"),)
+
+
+_STATUS_TYPE = Enum(
+    JobStatus,
+    name="job_status",
+    native_enum=False,  # a plain VARCHAR: adding a status later needs no PostgreSQL ALTER TYPE
+    create_constraint=False,  # the named check constraint below does the job portably
+    length=16,
+    values_callable=lambda statuses: [s.value for s in statuses],
+)
+
+
+_STATUS_LIST = ", ".join(f"'{s.value}'" for s in JobStatus)
+
+
+class Job(Base):
+    """One image to render, and after rendering, where it went and how long it took."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    submission_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("submissions.id", ondelete="CASCADE")
+    )
+    # Index of the job within its submission; with submission_id it makes resubmission idempotent.
+    position: Mapped[int] = mapped_column(Integer)
+    line_number: Mapped[int] = mapped_column(Integer)
+
+    prompt: Mapped[str] = mapped_column(Text)
+    prompt_truncated: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    seed: Mapped[int] = mapped_column(BigInteger)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer, server_default=text(str(PRIORITY_NORMAL)))
+    # ``metadata`` is reserved on declarative classes, hence the Python name.
+    caller_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+
+    status: Mapped[JobStatus] = mapped_column(
+        _STATUS_TYPE, server_default=text(f"'{JobStatus.QUEUED.value}'")
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # Refreshed by the worker while it renders; a stale heartbeat means the worker died.
+    heartbeat_at: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(255))
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+
+    # Timings in seconds.
+    queue_wait_s: Mapped[float | None] = mapped_column(Float)
+    sample_s: Mapped[float | None] = mapped_column(Float)
+    upload_s: Mapped[float | None] = mapped_column(Float)
+    gpu_share_s: Mapped[float | None] = mapped_column(Float)
+
+    image_uri: Mapped[str | None] = mapped_column(String(2048))
+    image_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("submission_id", "position"),
+        # A plain status index: PostgreSQL deduplicates its few distinct keys, so counting by status
+        # is a scan of a small index-only structure.
+        Index("ix_jobs_status", "status"),
+        Index("ix_jobs_submission_id_status", "submission_id", "status"),
+        Index("ix_jobs_model_status", "model", "status"),
+        # Recent finished jobs, for throughput and latency stats.
+        Index("ix_jobs_finished_at", "finished_at"),
+        CheckConstraint(f"status IN ({_STATUS_LIST})", name="status"),
+        CheckConstraint(f"seed >= 0 AND seed <= {MAX_SEED}", name="seed_range"),
+        CheckConstraint("priority >= 0 AND priority <= 9", name="priority_range"),
+        CheckConstraint("position >= 0", name="position_non_negative"),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.status.value} attempts={self.attempts}>"

@@ -1,0 +1,210 @@
+"""Creating submissions and bulk-inserting their jobs, both safe to repeat.
+
+A producer that crashes half-way through a 100,000-line file runs again with the same idempotency
+key: the submission is found instead of duplicated, job ids are derived from (submission, position)
+so they come out the same, and jobs that are already in the table are skipped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.models import PRIORITY_NORMAL, Job, JobStatus, Submission, utcnow
+
+INSERT_CHUNK = 5_000
+"""Jobs per executemany call: large enough to amortise round trips, small enough that one
+chunk of Python dicts stays a few MB."""
+
+# Fixed namespace for uuid5 job ids; changing it would change every derived id.
+_JOB_ID_NAMESPACE = uuid.UUID("5b0c7d8e-3f4a-4c1e-9a57-6f0e2d1b8c33")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job, ready to insert. Validation happens at the edges, not here."""
+
+    position: int
+    line_number: int
+    prompt: str
+    seed: int
+    height: int
+    width: int
+    steps: int
+    model: str
+    priority: int = PRIORITY_NORMAL
+    prompt_truncated: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubmissionRef:
+    """The result of ``create_submission``: its id, and whether this call created it."""
+
+    id: str
+    created: bool
+
+
+def job_id_for(submission_id: str, position: int) -> str:
+    """The job id for a position in a submission: the same every time, so resubmits dedupe."""
+    return str(uuid.uuid5(_JOB_ID_NAMESPACE, f"{submission_id}/{position}"))
+
+
+def create_submission(
+    session: Session,
+    *,
+    source: str,
+    defaults: Mapping[str, Any],
+    job_count: int,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+    submission_id: str | None = None,
+    now: datetime | None = None,
+) -> SubmissionRef:
+    """Insert a submission, or return the existing one with the same ``idempotency_key``."""
+    values = {
+        "id": submission_id or str(uuid.uuid4()),
+        "created_at": now or utcnow(),
+        "source": source,
+        "defaults": dict(defaults),
+        "job_count": job_count,
+        "idempotency_key": idempotency_key,
+        "webhook_url": webhook_url,
+    }
+    if idempotency_key is None:
+        session.execute(_insert(session, Submission).values(values))
+        return SubmissionRef(id=values["id"], created=True)
+    # ON CONFLICT DO NOTHING, then read back: two producers racing on one key get the same row.
+    result = session.execute(
+        _insert(session, Submission)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    )
+    if result.rowcount == 1:
+        return SubmissionRef(id=values["id"], created=True)
+    existing = session.scalar(
+        select(Submission.id).where(Submission.idempotency_key == idempotency_key)
+    )
+    assert existing is not None, "conflict on idempotency_key but no row has it"
+    return SubmissionRef(id=existing, created=False)
+
+
+def insert_jobs(
+    session: Session,
+    submission_id: str,
+    jobs: Iterable[NewJob],
+    *,
+    now: datetime | None = None,
+    chunk_size: int = INSERT_CHUNK,
+) -> None:
+    """Insert jobs as ``queued`` in bulk; positions that already exist are left untouched.
+
+    Rows go in as multi-row ``INSERT ... VALUES`` statements (SQLAlchemy's insertmanyvalues), which
+    is fast on PostgreSQL and SQLite alike. ``jobs`` may be a generator.
+    """
+    created_at = now or utcnow()
+    statement = _insert(session, Job).on_conflict_do_nothing(
+        index_elements=["submission_id", "position"]
+    )
+    for chunk in _chunks(jobs, chunk_size):
+        rows = [_job_row(submission_id, job, created_at) for job in chunk]
+        session.execute(statement, rows)
+
+
+def get_submission(session: Session, submission_id: str) -> Submission | None:
+    return session.get(Submission, submission_id)
+
+
+def job_ids_of(session: Session, submission_id: str) -> list[str]:
+    """All job ids of a submission in position order (for publishing its messages)."""
+    return list(
+        session.scalars(
+            select(Job.id).where(Job.submission_id == submission_id).order_by(Job.position)
+        )
+    )
+
+
+def mark_submission_finished(
+    session: Session, submission_id: str, *, now: datetime | None = None
+) -> bool:
+    """Set ``finished_at`` once no job is queued or running. True only for the call that set it."""
+    open_jobs = (
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.submission_id == submission_id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        )
+        .scalar_subquery()
+    )
+    result = session.execute(
+        update(Submission)
+        .where(
+            Submission.id == submission_id,
+            Submission.finished_at.is_(None),
+            open_jobs == 0,
+        )
+        .values(finished_at=now or utcnow())
+    )
+    return result.rowcount == 1
+
+
+def mark_webhook_sent(session: Session, submission_id: str, *, now: datetime | None = None) -> bool:
+    """Record that the finished-webhook went out. True only for the first caller, so two
+    reconcilers racing for the same submission send it once."""
+    result = session.execute(
+        update(Submission)
+        .where(
+            Submission.id == submission_id,
+            Submission.finished_at.is_not(None),
+            Submission.webhook_sent_at.is_(None),
+        )
+        .values(webhook_sent_at=now or utcnow())
+    )
+    return result.rowcount == 1
+
+
+def _insert(session: Session, model: type[Submission] | type[Job]) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_nothing`` on PostgreSQL and SQLite."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
+
+
+def _job_row(submission_id: str, job: NewJob, created_at: datetime) -> dict[str, Any]:
+    return {
+        "id": job_id_for(submission_id, job.position),
+        "submission_id": submission_id,
+        "position": job.position,
+        "line_number": job.line_number,
+        "prompt": job.prompt,
+        "prompt_truncated": job.prompt_truncated,
+        "seed": job.seed,
+        "height": job.height,
+        "width": job.width,
+        "steps": job.steps,
+        "model": job.model,
+        "priority": job.priority,
+        "caller_metadata": dict(job.metadata),
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "created_at": created_at,
+    }
+
+
+def _chunks(items: Iterable[NewJob], size: int) -> Iterator[list[NewJob]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
