@@ -8,14 +8,15 @@ roots. Only the standard library and pydantic are imported here, so ``loopfree s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from loopfree.errors import InvalidJob
@@ -52,6 +53,7 @@ MODEL_ROOTS_SETTING = "LOOPFREE_MODEL_ROOTS"
 HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _PATH_PREFIXES = ("/", "./", "../", "~")
+_T = TypeVar("_T")
 
 
 class JobSpec(BaseModel):
@@ -75,82 +77,39 @@ class JobSpec(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _check_prompt(cls, value: str) -> str:
-        prompt = value.strip()
-        if not prompt:
-            raise _field_error("prompt is empty; write what the image should show")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise _field_error(
-                f"prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
-                "(CLIP reads only the first 77 tokens anyway), so shorten it"
-            )
-        if "\x00" in prompt:
-            # PostgreSQL text columns cannot hold NUL.
-            raise _field_error("prompt contains a NUL character; remove it")
-        _check_utf8("prompt", prompt)
-        return prompt
+    def _prompt(cls, value: str) -> str:
+        return _in_model(check_prompt, value)
 
     @field_validator("seed")
     @classmethod
-    def _check_seed(cls, value: int) -> int:
-        if not 0 <= value <= MAX_SEED:
-            raise _field_error(
-                f"seed {_short(value)} is out of range; use a whole number from 0 to {MAX_SEED}"
-            )
-        return value
+    def _seed(cls, value: int) -> int:
+        return _in_model(check_seed, value)
 
     @field_validator("height", "width")
     @classmethod
-    def _check_size(cls, value: int | None, info: Any) -> int | None:
-        if value is not None:
-            check_size(info.field_name, value)
-        return value
+    def _size(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return None if value is None else _in_model(check_size, value, info.field_name)
 
     @field_validator("steps")
     @classmethod
-    def _check_steps(cls, value: int) -> int:
-        if not 1 <= value <= MAX_STEPS:
-            raise _field_error(
-                f"steps {_short(value)} is out of range; use 1 to {MAX_STEPS} "
-                f"(Loopfree models are trained for {DEFAULT_STEPS})"
-            )
-        return value
+    def _steps(cls, value: int) -> int:
+        return _in_model(check_steps, value)
 
     @field_validator("model")
     @classmethod
-    def _check_model(cls, value: str) -> str:
-        _check_model_text(value)
-        if not (_looks_like_path(value) or is_hub_id(value)):
-            raise _field_error(
-                f"model {value!r} is neither a hub id like owner/name nor a local path; "
-                "write a hub id, or start a local folder with ./ or /"
-            )
-        return value
+    def _model(cls, value: str) -> str:
+        return _in_model(check_model, value)
 
+    # "before": the names arrive as text and leave as the integer the broker understands.
     @field_validator("priority", mode="before")
     @classmethod
-    def _check_priority(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            level = PRIORITY_LEVELS.get(value.strip().lower())
-            if level is None:
-                raise _field_error(
-                    f"priority {value[:40]!r} is unknown; use {', '.join(PRIORITY_LEVELS)} "
-                    f"or a number from {MIN_PRIORITY} to {MAX_PRIORITY}"
-                )
-            return level
-        if type(value) is int and not MIN_PRIORITY <= value <= MAX_PRIORITY:
-            raise _field_error(
-                f"priority {_short(value)} is out of range; use {', '.join(PRIORITY_LEVELS)} "
-                f"or a number from {MIN_PRIORITY} to {MAX_PRIORITY}"
-            )
-        return value
+    def _priority(cls, value: Any) -> Any:
+        return _in_model(check_priority, value)
 
     @field_validator("metadata")
     @classmethod
-    def _check_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if value:
-            check_metadata(value)
-        return value
+    def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _in_model(check_metadata, value) if value else value
 
     def resolve_size(self, native_height: int, native_width: int) -> JobSpec:
         """This job with an unset height or width replaced by the model's native size."""
@@ -163,58 +122,132 @@ class JobSpec(BaseModel):
 
 
 def validate_job(data: Mapping[str, Any]) -> JobSpec:
-    """The shared validator: a mapping of job fields -> ``JobSpec``, or ``InvalidJob`` saying why."""
+    """The shared validator: job fields -> ``JobSpec``, or ``InvalidJob`` saying what to fix."""
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise InvalidJob(explain_validation_error(exc)) from None
 
 
-def check_size(name: str, value: int) -> None:
-    """Raise InvalidJob unless ``value`` is a usable image height or width in pixels."""
-    if not MIN_SIZE <= value <= MAX_SIZE:
-        raise _field_error(
-            f"{name} {_short(value)} is outside {MIN_SIZE}..{MAX_SIZE} px; "
+# The check_* functions raise InvalidJob; JobSpec runs them, and callers may run them on their own
+# (the producer checks a default size before any line uses it).
+
+
+def check_prompt(prompt: str) -> str:
+    """The prompt without surrounding whitespace, or InvalidJob."""
+    prompt = prompt.strip()
+    if not prompt:
+        raise InvalidJob("prompt is empty; write what the image should show")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidJob(
+            f"prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,} "
+            "(CLIP reads only the first 77 tokens anyway), so shorten it"
+        )
+    if "\x00" in prompt:
+        # PostgreSQL text columns cannot hold NUL.
+        raise InvalidJob("prompt contains a NUL character; remove it")
+    _check_utf8("prompt", prompt)
+    return prompt
+
+
+def check_seed(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidJob(
+            f"seed {_short(seed)} is out of range; use a whole number from 0 to {MAX_SEED}"
+        )
+    return seed
+
+
+def check_size(size: int, name: str = "size") -> int:
+    """``size`` if it is a usable image height or width in pixels, else InvalidJob."""
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise InvalidJob(
+            f"{name} {_short(size)} is outside {MIN_SIZE}..{MAX_SIZE} px; "
             f"use a multiple of {SIZE_MULTIPLE} in that range"
         )
-    if value % SIZE_MULTIPLE:
-        lower = value - value % SIZE_MULTIPLE
-        options = [size for size in (lower, lower + SIZE_MULTIPLE) if MIN_SIZE <= size <= MAX_SIZE]
-        raise _field_error(
-            f"{name} {value} is not a multiple of {SIZE_MULTIPLE}; use "
-            + " or ".join(str(size) for size in options)
+    if size % SIZE_MULTIPLE:
+        lower = size - size % SIZE_MULTIPLE
+        options = [s for s in (lower, lower + SIZE_MULTIPLE) if MIN_SIZE <= s <= MAX_SIZE]
+        raise InvalidJob(
+            f"{name} {size} is not a multiple of {SIZE_MULTIPLE}; use "
+            + " or ".join(str(s) for s in options)
         )
+    return size
 
 
-def check_metadata(metadata: Mapping[str, Any]) -> None:
-    """Raise InvalidJob unless ``metadata`` is a small JSON object that PostgreSQL JSONB can store."""
+def check_steps(steps: int) -> int:
+    if not 1 <= steps <= MAX_STEPS:
+        raise InvalidJob(
+            f"steps {_short(steps)} is out of range; use 1 to {MAX_STEPS} "
+            f"(Loopfree models are trained for {DEFAULT_STEPS})"
+        )
+    return steps
+
+
+# Cached: a prompt file names the same model on every line, and this check is the slowest here.
+@functools.lru_cache(maxsize=256)
+def check_model(model: str) -> str:
+    """``model`` if it is written as a hub id or a local path; the file system is not consulted."""
+    _check_model_text(model)
+    if not (_looks_like_path(model) or is_hub_id(model)):
+        raise InvalidJob(
+            f"model {model!r} is neither a hub id like owner/name nor a local path; "
+            "write a hub id, or start a local folder with ./ or /"
+        )
+    return model
+
+
+def check_priority(priority: Any) -> Any:
+    """A priority name (high, normal, low) as its number; numbers are range-checked; other types
+    pass through for the type check to report."""
+    if isinstance(priority, str):
+        level = PRIORITY_LEVELS.get(priority.strip().lower())
+        if level is None:
+            raise InvalidJob(
+                f"priority {priority[:40]!r} is unknown; use {', '.join(PRIORITY_LEVELS)} "
+                f"or a number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+            )
+        return level
+    if type(priority) is int and not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidJob(
+            f"priority {_short(priority)} is out of range; use {', '.join(PRIORITY_LEVELS)} "
+            f"or a number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+        )
+    return priority
+
+
+def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` if it is a small JSON object that JSONB can store; else InvalidJob."""
     try:
         text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         size = len(text.encode("utf-8"))
     except (TypeError, ValueError, RecursionError) as exc:
-        # UnicodeEncodeError (a lone surrogate) is a ValueError too.
-        raise _field_error(f"metadata is not plain JSON ({exc}); use strings, numbers, lists and "
-                           "objects only") from None
+        # A lone surrogate fails the encode with UnicodeEncodeError, which is a ValueError.
+        raise InvalidJob(
+            f"metadata is not plain JSON ({_cut(str(exc))}); use only strings, numbers, "
+            "true/false/null, lists and objects"
+        ) from None
     if size > MAX_METADATA_BYTES:
-        raise _field_error(
+        raise InvalidJob(
             f"metadata is {size:,} bytes as JSON; the limit is {MAX_METADATA_BYTES:,}, so keep "
             "only ids and tags in it"
         )
-    # json.dumps quietly turns int keys into strings and escapes NUL; JSONB rejects "\u0000".
+    # json.dumps quietly turns int keys into strings and escapes NUL, which JSONB rejects.
     stack: list[Any] = [metadata]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
-                    raise _field_error(f"metadata key {key!r} is not a string; quote it")
+                    raise InvalidJob(f"metadata key {key!r} is not a string; quote it")
                 if "\x00" in key:
-                    raise _field_error("metadata contains a NUL character; remove it")
+                    raise InvalidJob("metadata contains a NUL character; remove it")
                 stack.append(child)
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str) and "\x00" in item:
-            raise _field_error("metadata contains a NUL character; remove it")
+            raise InvalidJob("metadata contains a NUL character; remove it")
+    return metadata
 
 
 def is_hub_id(model: str) -> bool:
@@ -237,7 +270,9 @@ def check_model_reference(model: str, allowed_roots: Sequence[Path]) -> str:
             resolved = Path(model).expanduser().resolve()
             roots = [Path(root).expanduser().resolve() for root in allowed_roots]
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-            raise InvalidJob(f"model path {model!r} cannot be resolved ({exc}); fix the path")
+            raise InvalidJob(
+                f"model path {model!r} cannot be resolved ({exc}); fix the path"
+            ) from None
         if roots and not any(resolved == root or root in resolved.parents for root in roots):
             raise InvalidJob(
                 f"model path {model!r} resolves to {resolved}, outside the allowed model roots "
@@ -254,8 +289,8 @@ def check_model_reference(model: str, allowed_roots: Sequence[Path]) -> str:
 
 
 def explain_validation_error(exc: ValidationError) -> str:
-    """Pydantic's errors as one readable line: field, problem, fix; no documentation URLs."""
-    return "; ".join(validation_messages(exc))
+    """Pydantic's errors as one readable line (field, problem, fix), without documentation URLs."""
+    return " | ".join(validation_messages(exc))
 
 
 def validation_messages(exc: ValidationError) -> list[str]:
@@ -313,17 +348,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:40]}...({len(text):,} characters)"
 
 
-def _field_error(message: str) -> PydanticCustomError:
-    # The message goes in as context, so braces in user text are not read as a template.
-    return _FieldError("loopfree", "{message}", {"message": message})
+def _in_model(check: Callable[..., _T], *args: Any) -> _T:
+    """Run a check inside a pydantic validator: InvalidJob becomes an error pydantic collects."""
+    try:
+        return check(*args)
+    except InvalidJob as exc:
+        # The message goes in as context, so braces in user text are not read as a template.
+        raise PydanticCustomError("loopfree", "{message}", {"message": str(exc)}) from None
 
 
-class _FieldError(PydanticCustomError):
-    """A PydanticCustomError that is also an InvalidJob, so helpers work inside and outside models."""
-
-
-# Raising it as InvalidJob outside a validator is what check_size/check_metadata callers expect.
-_FieldError.__bases__ = (PydanticCustomError,)
+def _cut(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_model_text(model: str) -> None:

@@ -24,14 +24,19 @@ from loopfree.settings import mask_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a SQLite writer waits for another process's write lock before giving up. Batches
-commit in milliseconds, so 30 s only runs out when something holds a transaction open far too long."""
+commit in milliseconds, so 30 s only runs out when a transaction is held open far too long."""
 
 PG_CONNECT_TIMEOUT_S = 10
 """Fail a PostgreSQL connection attempt after this long instead of the OS default (minutes)."""
 
 # SQLite messages that mean "the database cannot be used right now", not "your SQL is wrong"
 # (sqlite3 raises OperationalError for both).
-_SQLITE_UNAVAILABLE = ("database is locked", "unable to open", "disk i/o error", "database table is")
+_SQLITE_UNAVAILABLE = (
+    "database is locked",
+    "database table is locked",
+    "unable to open",
+    "disk i/o error",
+)
 # PostgreSQL SQLSTATEs that retrying cannot fix: unknown database, bad password, no such role.
 _PG_MISCONFIGURED = {"3D000", "28P01", "28000"}
 
@@ -177,9 +182,9 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
     Objects stay usable after the commit (``expire_on_commit=False``), so callers can return rows.
     """
-    with translate_db_errors(engine_label(engine)), Session(engine, expire_on_commit=False) as s:
-        with s.begin():
-            yield s
+    label = engine_label(engine)
+    with translate_db_errors(label), Session(engine, expire_on_commit=False) as s, s.begin():
+        yield s
 
 
 def check_connection(engine: Engine) -> None:

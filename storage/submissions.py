@@ -207,4 +207,3 @@ def _chunks(items: Iterable[NewJob], size: int) -> Iterator[list[NewJob]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
-

@@ -19,6 +19,15 @@ from loopfree.errors import ModelNotFound, UserError
 
 log = logging.getLogger(__name__)
 
+
+def _quiet_progress_bars() -> None:
+    """Per-file loading bars are noise in a worker's log."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
 # Only what the sampler reads; skips safety checkers, feature extractors and extra weight formats.
 PIPELINE_FILES = [
     "model_index.json",
@@ -153,6 +162,7 @@ def load_model(
 ) -> LoopfreeModel:
     """Load tokenizer, text encoder, UNet, VAE and scheduler config from ``model``."""
     started = time.perf_counter()
+    _quiet_progress_bars()
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     folder = resolve_model_dir(model)

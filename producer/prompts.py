@@ -1,0 +1,566 @@
+"""Bulk prompt files -> validated jobs: ``.txt`` (one prompt a line), ``.jsonl`` and ``.csv``.
+
+Every line is checked before anything is returned and every bad line is reported with its number,
+so a file is fixed in one pass and never half-queued. Each job goes through ``validate_job``, the
+validator the worker runs again. Lines are split on ``\\n`` and decoded one at a time, so broken
+UTF-8 is reported at its line; the file is streamed, never held whole.
+
+JSONL and CSV lines may set ``prompt``, ``seed``, ``height``, ``width``, ``steps``,
+``num_images``, ``model``, ``priority`` and ``metadata``; anything unset (a missing key, a JSON
+null, an empty CSV cell) comes from ``JobDefaults``. Line metadata is merged over the default.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from random import Random
+from typing import IO, Any
+
+from loopfree.errors import InvalidJob, UserError
+from loopfree.jobspec import (
+    DEFAULT_STEPS,
+    MAX_NUM_IMAGES,
+    MAX_SEED,
+    JobSpec,
+    check_model_reference,
+    validate_job,
+)
+
+SUPPORTED_FORMATS = ("txt", "jsonl", "csv")
+LINE_FIELDS = (
+    "prompt", "seed", "height", "width", "steps", "num_images", "model", "priority", "metadata",
+)  # fmt: skip
+# A million JSONL prompts take about 100 MB; far bigger files are mistakes (a dataset, a binary).
+MAX_FILE_BYTES = 200 * 1024 * 1024
+# Every job is validated and held in memory before the first one is queued.
+MAX_JOBS = 1_000_000
+# The longest valid line (a 10,000-character prompt escaped as JSON, 16 KB of metadata) fits many
+# times over; a longer line is skipped without being read into memory whole.
+MAX_LINE_BYTES = 1024 * 1024
+# An error message lists this many bad lines and counts the rest.
+LISTED_ERRORS = 20
+# A file of a million broken lines keeps this many LineErrors and counts the rest.
+KEPT_ERRORS = 10_000
+
+_FIELD_SET = frozenset(LINE_FIELDS)
+_CSV_INT_FIELDS = frozenset({"seed", "height", "width", "steps", "num_images"})
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# Stands in for a model that was already reported, so the other fields are still checked.
+_REPORTED_MODEL = "reported/model"
+# Cached model references per parse; a garbage file cannot grow the cache past this.
+_MODEL_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """What a line does not say. ``height``/``width`` None: the model's native size, which the
+    caller resolves (``JobSpec.resolve_size``) once it knows the model."""
+
+    model: str
+    # Job i of the file (counting expanded jobs) gets seed_base + i; None draws a random seed.
+    seed_base: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int = DEFAULT_STEPS
+    priority: str | int = "normal"
+    num_images: int = 1
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """Why one line (1-based, as an editor counts) was rejected."""
+
+    line_number: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line_number}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedJob:
+    """One validated job and where it came from."""
+
+    spec: JobSpec
+    line_number: int  # the physical line; for CSV the line where the record starts
+    position: int  # 0-based index among the jobs of this parse
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """The jobs of a file in order, and with ``skip_invalid`` the lines that were skipped."""
+
+    jobs: tuple[ParsedJob, ...]
+    skipped: tuple[LineError, ...]
+    skipped_count: int  # can exceed len(skipped): only the first KEPT_ERRORS are kept
+    format: str
+    source: str
+
+    @property
+    def specs(self) -> list[JobSpec]:
+        return [job.spec for job in self.jobs]
+
+
+class PromptFileError(UserError):
+    """A prompt file cannot be used as it is; ``errors`` lists its bad lines, if that is why."""
+
+    def __init__(
+        self,
+        source: str,
+        problem: str,
+        errors: Sequence[LineError] = (),
+        error_count: int | None = None,
+    ) -> None:
+        errors = tuple(errors)
+        count = len(errors) if error_count is None else error_count
+        # All fields in args, so the error survives pickling (multiprocessing, Celery).
+        super().__init__(source, problem, errors, count)
+        self.source, self.problem, self.errors, self.error_count = source, problem, errors, count
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: {self.problem}"]
+        lines += [f"  {error}" for error in self.errors[:LISTED_ERRORS]]
+        more = self.error_count - min(len(self.errors), LISTED_ERRORS)
+        if more > 0:
+            lines.append(f"  ... and {more:,} more")
+        return "\n".join(lines)
+
+
+def parse_prompt_file(
+    path: str | os.PathLike[str],
+    *,
+    defaults: JobDefaults,
+    skip_invalid: bool = False,
+    model_roots: Sequence[Path] = (),
+    format: str | None = None,
+) -> ParseResult:
+    """Parse a prompt file; the format comes from its extension unless ``format`` names it.
+
+    Raises ``PromptFileError`` for an unreadable, oversized, empty or (unless ``skip_invalid``)
+    partly invalid file, and ``InvalidJob`` for invalid ``defaults``. Local model paths, in lines
+    or defaults, must lie under ``model_roots`` when it is non-empty.
+    """
+    source = os.fspath(path)
+    if format is None:
+        format = Path(source).suffix
+        if format.lower() not in (".txt", ".jsonl", ".csv"):
+            raise PromptFileError(
+                source,
+                f"has {f'extension {format!r}' if format else 'no extension'}; use a .txt "
+                "(one prompt per line), .jsonl or .csv file, or name its format",
+            )
+    try:
+        with open(source, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise PromptFileError(source, _too_big(size))
+            return parse_prompts(
+                stream, format=format, defaults=defaults, skip_invalid=skip_invalid,
+                model_roots=model_roots, source=source,
+            )  # fmt: skip
+    except OSError as exc:
+        raise PromptFileError(
+            source, f"cannot be read ({exc.strerror or exc}); check the path"
+        ) from None
+
+
+def parse_prompts(
+    data: str | bytes | IO[bytes] | IO[str],
+    *,
+    format: str,
+    defaults: JobDefaults,
+    skip_invalid: bool = False,
+    model_roots: Sequence[Path] = (),
+    source: str = "<input>",
+) -> ParseResult:
+    """Parse prompts from text, bytes or an open stream (stdin, tests) in the given format."""
+    fmt = _check_format(format, source)
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")  # a lone surrogate becomes a bad line
+    if isinstance(data, io.TextIOBase):
+        data = data.read(MAX_FILE_BYTES + 1).encode("utf-8", "surrogatepass")
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    collector = _Collector(defaults, model_roots, source)
+    lines = _physical_lines(stream, source)
+    if fmt == "txt":
+        _read_txt(lines, collector)
+    elif fmt == "jsonl":
+        _read_jsonl(lines, collector)
+    else:
+        _read_csv(lines, collector, source)
+    return collector.result(fmt, skip_invalid)
+
+
+def _check_format(name: str, source: str) -> str:
+    fmt = name.lower().lstrip(".")
+    if fmt not in SUPPORTED_FORMATS:
+        raise PromptFileError(
+            source, f"format {name!r} is not supported; use {', '.join(SUPPORTED_FORMATS)}"
+        )
+    return fmt
+
+
+def _too_big(size: int) -> str:
+    return f"is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}, so split it into smaller files"
+
+
+class _Collector:
+    """Turns each line's fields into jobs (expanding num_images, assigning seeds) or a LineError."""
+
+    def __init__(self, defaults: JobDefaults, model_roots: Sequence[Path], source: str) -> None:
+        self.defaults = defaults
+        self.model_roots = tuple(model_roots)
+        self.source = source
+        self.jobs: list[ParsedJob] = []
+        self.errors: list[LineError] = []
+        self.error_count = 0
+        self._models: dict[str, str | InvalidJob] = {}
+        # Seeded from the OS once: a secrets call per job took longer than validating the job.
+        self._rng = Random(secrets.randbits(256))
+        self._base = self._check_defaults(defaults)
+
+    def _check_defaults(self, defaults: JobDefaults) -> dict[str, Any]:
+        """The default fields, validated once so a bad --height is one error, not one per line."""
+        base: dict[str, Any] = {
+            "model": defaults.model, "height": defaults.height, "width": defaults.width,
+            "steps": defaults.steps, "priority": defaults.priority,
+            "num_images": defaults.num_images, "metadata": dict(defaults.metadata),
+        }  # fmt: skip
+        try:
+            _check_num_images(defaults.num_images)
+            seed = 0 if defaults.seed_base is None else defaults.seed_base
+            probe = {**base, "prompt": "defaults", "seed": seed}
+            del probe["num_images"]
+            if isinstance(defaults.model, str):
+                probe["model"] = self._model(defaults.model)
+            validate_job(probe)
+        except InvalidJob as exc:
+            raise InvalidJob(f"the job defaults are invalid: {exc}") from None
+        return base
+
+    def add(self, line_number: int, fields: dict[str, Any]) -> None:
+        try:
+            self._add(line_number, fields)
+        except InvalidJob as exc:
+            self.reject(line_number, str(exc))
+
+    def reject(self, line_number: int, reason: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < KEPT_ERRORS:
+            self.errors.append(LineError(line_number, reason))
+
+    def _add(self, line_number: int, fields: dict[str, Any]) -> None:
+        if not _FIELD_SET.issuperset(fields):
+            unknown = [name for name in fields if name not in _FIELD_SET]
+            raise InvalidJob(
+                f"unknown field {', '.join(repr(name[:40]) for name in unknown)}; "
+                f"the fields are {', '.join(LINE_FIELDS)}"
+            )
+        data = {**self._base, **fields}
+        problems = []
+        count = data.pop("num_images")
+        try:
+            _check_num_images(count)
+        except InvalidJob as exc:
+            problems.append(str(exc))
+            count = 1
+        if isinstance(data["model"], str):
+            try:
+                data["model"] = self._model(data["model"])
+            except InvalidJob as exc:
+                problems.append(str(exc))
+                data["model"] = _REPORTED_MODEL
+        if "metadata" in fields and self._base["metadata"] and isinstance(fields["metadata"], dict):
+            data["metadata"] = {**self._base["metadata"], **fields["metadata"]}
+
+        position = len(self.jobs)
+        if position + count > MAX_JOBS:
+            raise PromptFileError(self.source, f"holds more than {MAX_JOBS:,} jobs; split it")
+        seed = data.pop("seed", None)
+        seed_base = self.defaults.seed_base
+        if seed is None:
+            seed = position + seed_base if seed_base is not None else self._random_seed()
+            if seed_base is not None and seed + count - 1 > MAX_SEED:
+                problems.append(
+                    f"seed base {seed_base} + job position {position + count - 1} is past the "
+                    f"largest seed {MAX_SEED}; use a smaller seed base"
+                )
+        elif type(seed) is int and seed <= MAX_SEED < seed + count - 1:
+            problems.append(
+                f"seed {seed} with num_images {count} runs past the largest seed {MAX_SEED}; "
+                f"use a seed of at most {MAX_SEED - count + 1}"
+            )
+        data["seed"] = seed
+        try:
+            spec = validate_job(data)
+        except InvalidJob as exc:
+            problems.append(str(exc))
+        if problems:
+            raise InvalidJob(" | ".join(problems))
+
+        self.jobs.append(ParsedJob(spec, line_number, position))
+        for k in range(1, count):
+            random = "seed" not in fields and seed_base is None
+            next_seed = self._random_seed() if random else seed + k
+            copy = spec.model_copy(update={"seed": next_seed})
+            self.jobs.append(ParsedJob(copy, line_number, position + k))
+
+    def _random_seed(self) -> int:
+        # Recorded in the job, so a random image can still be reproduced.
+        return self._rng.getrandbits(63)  # 0..MAX_SEED
+
+    def _model(self, model: str) -> str:
+        """check_model_reference, once per distinct model (it may touch the file system)."""
+        checked = self._models.get(model)
+        if checked is None:
+            try:
+                checked = check_model_reference(model, self.model_roots)
+            except InvalidJob as exc:
+                checked = exc
+            if len(self._models) < _MODEL_CACHE_SIZE:
+                self._models[model] = checked
+        if isinstance(checked, InvalidJob):
+            raise InvalidJob(str(checked))  # a fresh error: re-raising one grows its traceback
+        return checked
+
+    def result(self, fmt: str, skip_invalid: bool) -> ParseResult:
+        count = self.error_count
+        if count and not skip_invalid:
+            lines = (
+                "1 line is invalid; fix it"
+                if count == 1
+                else f"{count:,} lines are invalid; fix them"
+            )
+            raise PromptFileError(
+                self.source,
+                f"{lines}, or pass --skip-invalid to use only the valid lines",
+                self.errors,
+                count,
+            )
+        if not self.jobs:
+            problem = "has no valid prompts" if count else "contains no prompts"
+            raise PromptFileError(self.source, problem, self.errors, count)
+        return ParseResult(tuple(self.jobs), tuple(self.errors), count, fmt, self.source)
+
+
+def _check_num_images(count: Any) -> None:
+    if type(count) is not int:
+        raise InvalidJob(f"num_images must be a whole number, not {_kind(count)}; fix its value")
+    if not 1 <= count <= MAX_NUM_IMAGES:
+        raise InvalidJob(
+            f"num_images {count if abs(count) < 10**12 else '(huge)'} is out of range; use 1 to "
+            f"{MAX_NUM_IMAGES}, or repeat the line for more"
+        )
+
+
+# ---- reading lines ----------------------------------------------------------------------------
+
+
+def _physical_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, raw bytes) per ``\\n``-terminated line; None for a line over MAX_LINE_BYTES."""
+    total = 0
+    number = 0
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        total += len(raw)
+        if number == 1:
+            if raw.startswith(_UTF16_BOMS):
+                raise PromptFileError(source, "is UTF-16 encoded; save it as UTF-8")
+            if raw.startswith(_UTF8_BOM):  # Excel and Notepad write one
+                raw = raw[len(_UTF8_BOM) :]
+        overlong = len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n")
+        while overlong:  # skip the rest of the line without keeping it
+            rest = stream.readline(MAX_LINE_BYTES + 1)
+            total += len(rest)
+            if total > MAX_FILE_BYTES or not rest or rest.endswith(b"\n"):
+                break
+        if total > MAX_FILE_BYTES:
+            raise PromptFileError(source, _too_big(total))
+        yield number, None if overlong else raw
+
+
+def _decode(raw: bytes | None) -> str:
+    if raw is None:
+        raise InvalidJob(f"line is longer than {MAX_LINE_BYTES:,} bytes; shorten it")
+    if b"\x00" in raw:
+        raise InvalidJob("line contains a NUL byte; remove it (the database cannot store NUL)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJob(
+            f"line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _read_txt(lines: Iterator[tuple[int, bytes | None]], collector: _Collector) -> None:
+    for number, raw in lines:
+        try:
+            prompt = _decode(raw).strip()
+        except InvalidJob as exc:
+            collector.reject(number, str(exc))
+            continue
+        if prompt:
+            collector.add(number, {"prompt": prompt})
+
+
+def _read_jsonl(lines: Iterator[tuple[int, bytes | None]], collector: _Collector) -> None:
+    for number, raw in lines:
+        try:
+            text = _decode(raw).strip()
+            if not text:
+                continue
+            value = _load_json(text, "line")
+        except InvalidJob as exc:
+            collector.reject(number, str(exc))
+            continue
+        if not isinstance(value, dict):
+            collector.reject(
+                number,
+                f"line is {_kind(value)}, not a JSON object; write it like "
+                '{"prompt": "a red fox in snow", "seed": 7}',
+            )
+            continue
+        # null means "not given", like a missing key; a null prompt is still an error.
+        collector.add(number, {k: v for k, v in value.items() if v is not None or k == "prompt"})
+
+
+def _read_csv(
+    lines: Iterator[tuple[int, bytes | None]], collector: _Collector, source: str
+) -> None:
+    bad_lines: list[LineError] = []  # undecodable lines, pinned to the record that holds them
+
+    def text_lines() -> Iterator[str]:
+        for number, raw in lines:
+            try:
+                yield _decode(raw)
+            except InvalidJob as exc:
+                bad_lines.append(LineError(number, str(exc)))
+                yield "\n"  # stands in for the line, so csv still counts it
+
+    reader = csv.reader(text_lines(), strict=True)
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1
+        problem: LineError | None = None
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            row = []
+            problem = LineError(start, f"CSV record cannot be read ({exc}); check its quotes")
+        if bad_lines:
+            problem = problem or bad_lines[0]
+            bad_lines.clear()
+        if header is None:
+            if problem is not None:
+                raise PromptFileError(source, "has a broken header row", [problem])
+            if any(cell.strip() for cell in row):
+                header = _csv_header(row, start, source)
+            continue
+        if problem is not None:
+            collector.reject(problem.line_number, problem.reason)
+        elif any(cell.strip() for cell in row):  # rows of empty cells are blank lines
+            try:
+                fields = _csv_fields(header, row)
+            except InvalidJob as exc:
+                collector.reject(start, str(exc))
+                continue
+            collector.add(start, fields)
+
+
+def _csv_header(row: list[str], line_number: int, source: str) -> list[str]:
+    names = [cell.strip().lower() for cell in row]
+    problems = []
+    for index, name in enumerate(names, start=1):
+        if not name:
+            problems.append(f"column {index} has no name; name it or remove the extra comma")
+        elif name not in _FIELD_SET:
+            problems.append(f"unknown column {name[:40]!r}")
+        elif names.index(name) != index - 1:
+            problems.append(f"column {name!r} appears twice")
+    if "prompt" not in names:
+        problems.append("there is no prompt column")
+    if problems:
+        reason = f"{'; '.join(problems)}; the columns are {', '.join(LINE_FIELDS)}"
+        raise PromptFileError(source, "has a bad header row", [LineError(line_number, reason)])
+    return names
+
+
+def _csv_fields(header: list[str], row: list[str]) -> dict[str, Any]:
+    if len(row) != len(header):
+        raise InvalidJob(
+            f"row has {len(row)} fields but the header has {len(header)} columns; "
+            "quote fields that contain commas"
+        )
+    fields: dict[str, Any] = {}
+    for name, cell in zip(header, row, strict=True):
+        if name == "prompt":
+            fields[name] = cell  # always given, so an empty one is reported, not defaulted
+            continue
+        cell = cell.strip()
+        if not cell:
+            continue
+        if name in _CSV_INT_FIELDS or (name == "priority" and cell.lstrip("+-").isdigit()):
+            fields[name] = _csv_int(name, cell)
+        elif name == "metadata":
+            fields[name] = _load_json(cell, "metadata")
+        else:
+            fields[name] = cell
+    return fields
+
+
+def _csv_int(name: str, cell: str) -> int:
+    digits = cell.lstrip("+-")
+    # isdecimal alone would admit Arabic-Indic and other digits; the length cap keeps int() cheap.
+    if not (digits.isascii() and digits.isdecimal()) or len(cell) - len(digits) > 1:
+        raise InvalidJob(f"{name} must be a whole number, not {cell[:40]!r}; fix its value")
+    if len(digits) > 30:
+        raise InvalidJob(f"{name} has {len(digits)} digits; that is out of range")
+    return int(cell)
+
+
+def _load_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidJob(
+            f"{what} is not valid JSON ({exc.msg} at column {exc.colno}); "
+            + ("write one JSON object per line" if what == "line" else "write a JSON object")
+        ) from None
+    except ValueError as exc:  # NaN/Infinity, or a number of more than 4,300 digits
+        reason = "a number has too many digits" if "digits" in str(exc) else str(exc)
+        raise InvalidJob(f"{what} is not valid JSON ({reason})") from None
+    except RecursionError:
+        raise InvalidJob(f"{what} is nested too deeply; flatten it") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"

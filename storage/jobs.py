@@ -1,0 +1,271 @@
+"""Job status transitions as guarded, atomic UPDATEs.
+
+Each transition is one ``UPDATE jobs ... WHERE id ... AND status IN (<allowed from-states>)``:
+a compare-and-set the database does atomically. So a late or duplicated message can never move a
+finished job backwards, marking a job succeeded twice is a no-op, and two workers racing to claim
+the same job cannot both win. Each function reports what it actually changed.
+
+    queued   -> running     claim_jobs        (attempts + 1)
+    running  -> succeeded   mark_succeeded
+    running  -> failed      mark_failed
+    running  -> queued      release_for_retry (give back; a later attempt will claim it)
+    queued   -> cancelled   cancel_queued     (a running job is left to finish)
+    queued|running -> failed  fail_jobs       (reconciler / give up)
+    failed   -> queued      requeue_failed    (the one way out of a terminal state, by an operator)
+
+Functions take a ``Session`` inside the caller's transaction (``storage.db.session_scope``) and
+use ``now`` when given, so tests can control time. Objects already loaded in the session are
+refreshed from the rows the UPDATE returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, cast, func, literal, update
+from sqlalchemy.orm import Session
+
+from storage.models import Job, JobStatus, UTCDateTime, utcnow
+
+_IDS_PER_STATEMENT = 1_000
+"""Job ids per ``IN (...)``: well under SQLite's bound-parameter limit (32,766)."""
+
+_QUEUED, _RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a worker records for a rendered and uploaded image."""
+
+    image_uri: str
+    image_bytes: int
+    image_sha256: str
+    sample_s: float
+    upload_s: float
+    gpu_share_s: float
+
+
+def claim_jobs(
+    session: Session,
+    job_ids: Sequence[str],
+    *,
+    worker: str,
+    batch_id: str,
+    batch_size: int,
+    now: datetime | None = None,
+) -> list[str]:
+    """queued -> running for a batch. Returns the ids this call claimed; the rest were taken,
+    cancelled or finished already and must not be rendered."""
+    now = now or utcnow()
+    claimed: list[str] = []
+    for ids in _id_chunks(job_ids):
+        statement = (
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == _QUEUED)
+            .values(
+                status=_RUNNING,
+                attempts=Job.attempts + 1,
+                started_at=now,
+                heartbeat_at=now,
+                worker=worker,
+                batch_id=batch_id,
+                batch_size=batch_size,
+                queue_wait_s=_seconds_since(session, now, Job.created_at),
+            )
+            .returning(Job.id)
+        )
+        claimed.extend(_run(session, statement))
+    return claimed
+
+
+def mark_succeeded(
+    session: Session, job_id: str, result: JobResult, *, now: datetime | None = None
+) -> bool:
+    """running -> succeeded with the image's location and timings. False if the job was not
+    running (a duplicate success, or the job was given up on meanwhile): nothing changes."""
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == _RUNNING)
+        .values(
+            status=JobStatus.SUCCEEDED,
+            finished_at=now or utcnow(),
+            image_uri=result.image_uri,
+            image_bytes=result.image_bytes,
+            image_sha256=result.image_sha256,
+            sample_s=result.sample_s,
+            upload_s=result.upload_s,
+            gpu_share_s=result.gpu_share_s,
+            error=None,
+        )
+        .returning(Job.id)
+    )
+    return bool(_run(session, statement))
+
+
+def mark_failed(session: Session, job_id: str, error: str, *, now: datetime | None = None) -> bool:
+    """running -> failed (permanent error, or out of attempts). False if it was not running."""
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == _RUNNING)
+        .values(status=JobStatus.FAILED, finished_at=now or utcnow(), error=error)
+        .returning(Job.id)
+    )
+    return bool(_run(session, statement))
+
+
+def release_for_retry(session: Session, job_id: str, *, error: str | None = None) -> bool:
+    """running -> queued, so a later delivery can claim it again. ``attempts`` is kept (it counts
+    claims) and ``error`` records why this attempt gave up."""
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == _RUNNING)
+        .values(
+            status=_QUEUED,
+            started_at=None,
+            heartbeat_at=None,
+            worker=None,
+            batch_id=None,
+            batch_size=None,
+            error=error,
+        )
+        .returning(Job.id)
+    )
+    return bool(_run(session, statement))
+
+
+def cancel_queued(
+    session: Session,
+    *,
+    job_ids: Sequence[str] | None = None,
+    submission_id: str | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """queued -> cancelled for the given jobs or a whole submission. Running jobs finish."""
+    return _bulk_transition(
+        session,
+        from_statuses=(_QUEUED,),
+        values={"status": JobStatus.CANCELLED, "finished_at": now or utcnow()},
+        job_ids=job_ids,
+        submission_id=submission_id,
+        allow_all=False,
+    )
+
+
+def fail_jobs(
+    session: Session,
+    job_ids: Sequence[str],
+    error: str,
+    *,
+    now: datetime | None = None,
+) -> list[str]:
+    """queued|running -> failed: the reconciler gives up on jobs (e.g. out of attempts)."""
+    return _bulk_transition(
+        session,
+        from_statuses=(_QUEUED, _RUNNING),
+        values={"status": JobStatus.FAILED, "finished_at": now or utcnow(), "error": error},
+        job_ids=job_ids,
+        submission_id=None,
+        allow_all=False,
+    )
+
+
+def requeue_failed(
+    session: Session,
+    *,
+    job_ids: Sequence[str] | None = None,
+    submission_id: str | None = None,
+) -> list[str]:
+    """failed -> queued with a fresh attempt count (``loopfree requeue --failed``).
+
+    With neither ``job_ids`` nor ``submission_id``, every failed job is requeued. Returns the ids,
+    whose messages the caller must publish again.
+    """
+    return _bulk_transition(
+        session,
+        from_statuses=(JobStatus.FAILED,),
+        values={
+            "status": _QUEUED,
+            "attempts": 0,
+            "started_at": None,
+            "finished_at": None,
+            "heartbeat_at": None,
+            "worker": None,
+            "batch_id": None,
+            "batch_size": None,
+            "error": None,
+        },
+        job_ids=job_ids,
+        submission_id=submission_id,
+        allow_all=True,
+    )
+
+
+def heartbeat(
+    session: Session,
+    worker: str,
+    *,
+    job_ids: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Refresh ``heartbeat_at`` of the worker's running jobs (all of them, or ``job_ids``).
+    Returns how many rows it touched; jobs that finished or were taken away are not revived."""
+    conditions: list[ColumnElement[bool]] = [Job.worker == worker, Job.status == _RUNNING]
+    if job_ids is None:
+        statement = update(Job).where(*conditions).values(heartbeat_at=now or utcnow())
+        return len(_run(session, statement.returning(Job.id)))
+    touched = 0
+    for ids in _id_chunks(job_ids):
+        statement = (
+            update(Job)
+            .where(*conditions, Job.id.in_(ids))
+            .values(heartbeat_at=now or utcnow())
+            .returning(Job.id)
+        )
+        touched += len(_run(session, statement))
+    return touched
+
+
+def _bulk_transition(
+    session: Session,
+    *,
+    from_statuses: Collection[JobStatus],
+    values: dict[str, Any],
+    job_ids: Sequence[str] | None,
+    submission_id: str | None,
+    allow_all: bool,
+) -> list[str]:
+    if job_ids is None and submission_id is None and not allow_all:
+        raise ValueError("pass job_ids or submission_id; refusing to change every job")
+    base = update(Job).where(Job.status.in_(list(from_statuses))).values(values)
+    if submission_id is not None:
+        base = base.where(Job.submission_id == submission_id)
+    if job_ids is None:
+        return _run(session, base.returning(Job.id))
+    changed: list[str] = []
+    for ids in _id_chunks(job_ids):
+        changed.extend(_run(session, base.where(Job.id.in_(ids)).returning(Job.id)))
+    return changed
+
+
+def _run(session: Session, statement: Any) -> list[str]:
+    # "fetch" refreshes Job objects already in the session from the RETURNING rows, so a caller
+    # holding a loaded row does not see a stale status after the transition.
+    result = session.execute(statement, execution_options={"synchronize_session": "fetch"})
+    return list(result.scalars())
+
+
+def _seconds_since(session: Session, now: datetime, column: Any) -> ColumnElement[float]:
+    """SQL for ``now - column`` in seconds, on PostgreSQL and SQLite."""
+    moment = literal(now, UTCDateTime())
+    if session.get_bind().dialect.name == "sqlite":
+        # julianday() counts days as a double (about 50 microsecond resolution today).
+        return (func.julianday(moment) - func.julianday(column)) * 86400.0
+    return cast(func.extract("epoch", moment - column), Float)
+
+
+def _id_chunks(job_ids: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(job_ids), _IDS_PER_STATEMENT):
+        yield list(job_ids[start : start + _IDS_PER_STATEMENT])

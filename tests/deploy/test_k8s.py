@@ -1,0 +1,325 @@
+"""The Kubernetes manifests in docker/k8s/: schemas, and the facts the autoscaling relies on.
+
+Core kinds are validated with kubernetes-validate (offline OpenAPI schemas, strict: unknown fields
+are errors). KEDA's ScaledObject is a custom resource those schemas lack; it is validated against
+docker/schemas/keda-scaledobject-v1alpha1.json, written from KEDA's documented specification.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import K8S, SCHEMAS, load_yaml, require
+
+SCALEDOBJECT_SCHEMA = SCHEMAS / "keda-scaledobject-v1alpha1.json"
+# The oldest Kubernetes minor still commonly run by managed services, and the newest the installed
+# kubernetes-validate knows: a field that exists only in one of them fails here.
+OLDEST_K8S = "1.30.0"
+
+# Kinds validated elsewhere in this file: no Kubernetes OpenAPI schema covers them.
+CUSTOM_KINDS = {"ScaledObject", "Kustomization"}
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate():
+    try:
+        import kubernetes_validate
+        import kubernetes_validate.utils as utils
+    except ImportError:
+        require(False, "kubernetes-validate not installed: pip install kubernetes-validate")
+    return kubernetes_validate, utils
+
+
+@pytest.fixture(scope="session")
+def k8s_versions(kubernetes_validate) -> list[str]:
+    _, utils = kubernetes_validate
+    return sorted({OLDEST_K8S, utils.latest_version()})
+
+
+@pytest.fixture(scope="session")
+def scaledobject_validator():
+    import jsonschema
+
+    schema = json.loads(SCALEDOBJECT_SCHEMA.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def by_kind(documents: list[tuple[Path, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in documents if doc.get("kind") == kind]
+
+
+def one(documents: list[tuple[Path, dict[str, Any]]], kind: str, name: str) -> dict[str, Any]:
+    matches = [doc for doc in by_kind(documents, kind) if doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def manifest_env(
+    documents: list[tuple[Path, dict[str, Any]]], workload: dict[str, Any]
+) -> dict[str, str]:
+    """The environment a container of ``workload`` gets: envFrom ConfigMap/Secret, then env."""
+    env: dict[str, str] = {}
+    spec = container(workload)
+    for source in spec.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(one(documents, "ConfigMap", source["configMapRef"]["name"])["data"])
+        if "secretRef" in source:
+            env.update(one(documents, "Secret", source["secretRef"]["name"])["stringData"])
+    env.update({item["name"]: item["value"] for item in spec.get("env", []) if "value" in item})
+    return env
+
+
+# --- schemas ------------------------------------------------------------------------------------
+
+
+def test_every_manifest_kind_has_a_validator(k8s_documents, kubernetes_validate, k8s_versions):
+    kv, _ = kubernetes_validate
+    kinds = {doc["kind"] for _, doc in k8s_documents}
+    assert {"Deployment", "Job", "Service", "ConfigMap", "Secret", "ScaledObject"} <= kinds
+    for path, doc in k8s_documents:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kv.validate(doc, k8s_versions[-1], strict=True)
+        except kv.SchemaNotFoundError:
+            pytest.fail(
+                f"{path.name}: no schema for {doc['apiVersion']} {doc['kind']}: nothing checks it"
+            )
+        except kv.ValidationError:
+            pass  # reported by the test below
+
+
+def test_core_manifests_pass_strict_kubernetes_validation(
+    k8s_documents, kubernetes_validate, k8s_versions
+):
+    kv, _ = kubernetes_validate
+    errors = []
+    checked = 0
+    for path, doc in k8s_documents:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        for version in k8s_versions:
+            try:
+                kv.validate(doc, version, strict=True)
+                checked += 1
+            except kv.ValidationError as exc:
+                where = ".".join(str(p) for p in exc.path)
+                name = f"{doc['kind']}/{doc['metadata']['name']}"
+                errors.append(f"{path.name} {name} @{version}: {where}: {exc.message}")
+    assert not errors, "\n".join(errors)
+    assert checked >= 2 * 6
+
+
+def test_strict_kubernetes_validation_rejects_a_misspelt_field(k8s_documents, kubernetes_validate):
+    kv, utils = kubernetes_validate
+    deployment = copy.deepcopy(one(k8s_documents, "Deployment", "loopfree-worker"))
+    resources = container(deployment)["resources"]
+    resources["limit"] = resources.pop("limits")
+    with pytest.raises(kv.ValidationError):
+        kv.validate(deployment, utils.latest_version(), strict=True)
+
+
+def test_scaledobject_schema_is_a_valid_json_schema_and_accepts_ours(check_jsonschema):
+    scaledobject = K8S / "scaledobject.yaml"
+    for args in (
+        ["--check-metaschema", str(SCALEDOBJECT_SCHEMA)],
+        ["--schemafile", str(SCALEDOBJECT_SCHEMA), str(scaledobject)],
+    ):
+        result = subprocess.run(
+            [check_jsonschema, *args], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        doc = doc[int(key)] if isinstance(doc, list) else doc[key]
+    if value is _DELETE:
+        del doc[last]
+    else:
+        doc[last] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.triggers.0.metadata.threshold", 240),  # KEDA wants "240"
+        ("spec.triggers.0.metadata.query", _DELETE),
+        ("spec.triggers.0.metricType", "Average"),
+        ("spec.scaleTargetRef.name", _DELETE),
+        ("spec.minReplicas", 0),  # the HPA's spelling, not KEDA's
+        ("spec.triggers", []),
+        ("spec.cooldownPeriod", "600"),
+        (
+            "spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown.policies.0.type",
+            "Replicas",
+        ),
+        ("apiVersion", "keda.sh/v1"),
+    ],
+    ids=lambda v: "delete" if v is _DELETE else str(v),
+)
+def test_scaledobject_schema_rejects_broken_scaledobjects(scaledobject_validator, path, value):
+    broken = copy.deepcopy(load_yaml(K8S / "scaledobject.yaml"))
+    _set(broken, path, value)
+    assert list(scaledobject_validator.iter_errors(broken)), f"schema accepted {path} = {value!r}"
+
+
+# --- what the autoscaling relies on -------------------------------------------------------------
+
+
+def test_scaledobject_scales_the_worker_deployment_to_zero_on_pending_jobs(k8s_documents):
+    (scaled,) = by_kind(k8s_documents, "ScaledObject")
+    spec = scaled["spec"]
+    worker = one(k8s_documents, "Deployment", spec["scaleTargetRef"]["name"])
+    assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    assert spec["minReplicaCount"] == 0
+    assert spec.get("idleReplicaCount", -1) < spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert spec["cooldownPeriod"] >= 60, (
+        "a cold start costs minutes; do not scale to zero on a lull"
+    )
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    model = next(e["value"] for e in container(worker)["env"] if e["name"] == "LOOPFREE_MODEL")
+    query = trigger["metadata"]["query"]
+    assert re.fullmatch(r'sum\(loopfree_pending_jobs\{model="([^"]+)"\}\)', query), query
+    assert f'model="{model}"' in query, f"the ScaledObject watches another model than {model}"
+    assert float(trigger["metadata"]["threshold"]) > 0
+    assert float(trigger["metadata"].get("activationThreshold", "0")) < float(
+        trigger["metadata"]["threshold"]
+    )
+
+
+def test_keda_owns_the_worker_replica_count(k8s_documents):
+    worker = one(k8s_documents, "Deployment", "loopfree-worker")
+    assert "replicas" not in worker["spec"], "a replicas field resets KEDA's count on every apply"
+
+
+def test_worker_pods_get_one_gpu_and_time_to_finish_a_batch(k8s_documents):
+    worker = one(k8s_documents, "Deployment", "loopfree-worker")
+    pod = worker["spec"]["template"]["spec"]
+    assert container(worker)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    grace = pod["terminationGracePeriodSeconds"]
+    env = manifest_env(k8s_documents, worker)
+    assert 120 <= grace < int(env["LOOPFREE_VISIBILITY_TIMEOUT_S"]), grace
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_worker_probes_watch_the_metrics_port_the_worker_serves(k8s_documents):
+    worker = one(k8s_documents, "Deployment", "loopfree-worker")
+    spec = container(worker)
+    env = manifest_env(k8s_documents, worker)
+    ports = {port["name"]: port["containerPort"] for port in spec["ports"]}
+    assert ports["metrics"] == int(env["LOOPFREE_METRICS_PORT"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        http = spec[probe]["httpGet"]
+        assert http["path"] == "/metrics" and http["port"] in ("metrics", ports["metrics"]), probe
+    startup = spec["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "model load needs minutes"
+    assert spec["command"][:2] == ["loopfree", "worker"]
+
+
+def test_exporter_service_reaches_the_exporter_pods(k8s_documents):
+    exporter = one(k8s_documents, "Deployment", "loopfree-exporter")
+    service = one(k8s_documents, "Service", "loopfree-exporter")
+    labels = exporter["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    container_ports = {p["name"]: p["containerPort"] for p in container(exporter)["ports"]}
+    assert port["targetPort"] in container_ports
+    command = container(exporter)["command"]
+    assert command[:2] == ["loopfree", "metrics"]
+    assert int(command[command.index("--port") + 1]) == container_ports[port["targetPort"]]
+
+
+def test_migration_job_runs_db_upgrade(k8s_documents):
+    job = one(k8s_documents, "Job", "loopfree-migrate")
+    assert container(job)["command"] == ["loopfree", "db", "upgrade"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+
+
+def test_selectors_match_their_pod_labels(k8s_documents):
+    for deployment in by_kind(k8s_documents, "Deployment"):
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), deployment["metadata"]["name"]
+
+
+def test_kustomization_lists_every_manifest_except_the_example_secret():
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    for resource in listed:
+        assert (K8S / resource).is_file(), f"kustomization.yaml lists missing {resource}"
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
+    assert listed == on_disk, (
+        f"not listed: {on_disk - listed}; listed but absent: {listed - on_disk}"
+    )
+    assert "secret.example.yaml" not in listed, "placeholder credentials must never be applied"
+
+
+def test_kustomization_images_are_the_ones_the_workloads_use(k8s_documents):
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    names = {image["name"] for image in kustomization["images"]}
+    used = set()
+    for kind in ("Deployment", "Job"):
+        for workload in by_kind(k8s_documents, kind):
+            used.add(container(workload)["image"].rsplit(":", 1)[0])
+    assert names == used
+
+
+def test_workloads_read_config_and_secrets_that_exist(k8s_documents):
+    configmaps = {doc["metadata"]["name"] for doc in by_kind(k8s_documents, "ConfigMap")}
+    secrets = {doc["metadata"]["name"] for doc in by_kind(k8s_documents, "Secret")}
+    for kind in ("Deployment", "Job"):
+        for workload in by_kind(k8s_documents, kind):
+            sources = container(workload)["envFrom"]
+            assert {s["configMapRef"]["name"] for s in sources if "configMapRef" in s} <= configmaps
+            assert {s["secretRef"]["name"] for s in sources if "secretRef" in s} <= secrets
+            assert any("secretRef" in s for s in sources), (
+                "database and broker URLs come from a Secret"
+            )
+
+
+def test_no_plain_env_value_carries_a_password(k8s_documents):
+    for kind in ("Deployment", "Job"):
+        for workload in by_kind(k8s_documents, kind):
+            for item in container(workload).get("env", []):
+                assert not re.search(r"://[^/@\s]*:[^/@\s]+@", item.get("value", "")), item["name"]
+    (configmap,) = by_kind(k8s_documents, "ConfigMap")
+    for name, value in configmap["data"].items():
+        assert not re.search(r"://[^/@\s]*:[^/@\s]+@", value), (
+            f"ConfigMap {name} holds a credential"
+        )
+        assert "SECRET" not in name and "PASSWORD" not in name, name
+
+
+@pytest.mark.parametrize("workload", ["loopfree-worker", "loopfree-exporter", "loopfree-migrate"])
+def test_manifest_environment_is_accepted_by_settings(
+    k8s_documents, settings_from_env, settings_env_names, workload
+):
+    kind = "Job" if workload.endswith("migrate") else "Deployment"
+    env = manifest_env(k8s_documents, one(k8s_documents, kind, workload))
+    unknown = {name for name in env if name.startswith("LOOPFREE_")} - settings_env_names
+    assert not unknown, f"{workload}: loopfree.settings reads no {', '.join(sorted(unknown))}"
+    settings = settings_from_env(env)
+    assert settings.resolved_broker_url.startswith("redis://")
+    assert settings.resolved_database_url.startswith("postgresql+psycopg://")
+    assert settings.metrics_port == 9400
+    assert settings.visibility_timeout_s == 3600

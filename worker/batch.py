@@ -1,0 +1,302 @@
+"""One delivery of job ids, end to end: claim -> group -> encode text -> sample -> store -> record.
+
+Everything here is plain Python called by the Celery task (``worker.tasks``) and by tests directly.
+
+The GPU never waits on I/O: only sampling holds the GPU lock. PNG encoding and uploads run in the
+upload pool while the next group samples, and while this delivery's thread waits for its uploads
+and records results, the worker's other pool threads claim, encode and sample the next delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from loopfree.errors import InvalidJob, LoopfreeError, RetryableError
+from loopfree.jobspec import validate_job
+from storage import jobs as job_store
+from storage.db import session_scope
+from storage.models import Job
+from storage.queries import load_jobs
+from worker.imaging import encode_png
+from worker.metrics import WorkerMetrics
+from worker.sampler import TiUESampler
+from worker.text import TextEncoderCache
+
+log = logging.getLogger(__name__)
+
+# Decoder activations grow with batch x timesteps x pixels: at sizes above the model's native one
+# the batch cap shrinks in proportion, so a batch costs about the same memory at any size.
+Publish = Callable[[Sequence[Job], float], None]
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """Jobs that can share one sampler call."""
+
+    height: int
+    width: int
+    steps: int
+
+
+@dataclass
+class BatchReport:
+    """What happened to one delivery's jobs, for logs, metrics and tests."""
+
+    batch_id: str
+    delivered: int = 0
+    claimed: int = 0
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    skipped: int = 0  # not claimable: cancelled, finished, running elsewhere, unknown
+    groups: list[int] = field(default_factory=list)  # size of each sampler call
+    sample_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rendered:
+    job: Job
+    pixels: torch.Tensor
+    sample_s: float
+    gpu_share_s: float
+    batch_size: int
+
+
+class BatchRunner:
+    """Turns job ids into stored images and recorded results. One per worker process."""
+
+    def __init__(
+        self,
+        *,
+        sampler: TiUESampler,
+        engine,
+        store,
+        uploads,
+        worker_name: str,
+        publish: Publish,
+        max_batch: int = 16,
+        max_attempts: int = 3,
+        decoder_chunk: int | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.sampler = sampler
+        self.texts = TextEncoderCache(sampler)
+        self.engine = engine
+        self.store = store
+        self.uploads = uploads
+        self.worker_name = worker_name
+        self.publish = publish
+        self.max_batch = max_batch
+        self.max_attempts = max_attempts
+        self.decoder_chunk = decoder_chunk
+        self.metrics = metrics or WorkerMetrics.disabled()
+        self.gpu_lock = threading.Lock()
+
+    # -- the whole delivery ---------------------------------------------------------------------
+
+    def run(self, job_ids: Sequence[str]) -> BatchReport:
+        report = BatchReport(batch_id=uuid.uuid4().hex[:16], delivered=len(job_ids))
+        jobs = self.claim(job_ids, report)
+        pending: list[tuple[Rendered, Future]] = []
+        for key, group in self.plan(jobs):
+            for rendered in self.render(key, group, report):
+                pending.append((rendered, self.uploads.submit(self.store_image, rendered)))
+        self.record(pending, report)
+        self.finish_submissions({job.submission_id for job in jobs})
+        self.metrics.batch_done(report, self.max_batch)
+        return report
+
+    # -- 1. claim -------------------------------------------------------------------------------
+
+    def claim(self, job_ids: Sequence[str], report: BatchReport) -> list[Job]:
+        """Move the delivered jobs to ``running``; duplicates, cancelled and finished jobs drop out."""
+        unique_ids = list(dict.fromkeys(job_ids))
+        with session_scope(self.engine) as session:
+            claimed_ids = job_store.claim_jobs(
+                session,
+                unique_ids,
+                worker=self.worker_name,
+                batch_id=report.batch_id,
+                batch_size=len(unique_ids),
+            )
+            jobs = load_jobs(session, claimed_ids)
+        report.claimed = len(jobs)
+        report.skipped = len(job_ids) - len(jobs)
+        runnable = []
+        for job in jobs:
+            problem = self.check(job)
+            if problem is None:
+                runnable.append(job)
+            else:
+                self.fail(job, problem, report)
+        return runnable
+
+    def check(self, job: Job) -> str | None:
+        """Why this job must not run (invalid fields, out of attempts), or None."""
+        if job.attempts > self.max_attempts:
+            return f"gave up after {job.attempts - 1} attempts; last error: {job.error}"
+        if job.model != self.sampler.model.name:
+            return f"job is for model {job.model!r} but this worker serves {self.sampler.model.name!r}"
+        try:
+            validate_job(
+                {
+                    "prompt": job.prompt,
+                    "seed": job.seed,
+                    "height": job.height,
+                    "width": job.width,
+                    "steps": job.steps,
+                    "model": job.model,
+                }
+            )
+        except InvalidJob as error:
+            return str(error)
+        return None
+
+    # -- 2. plan --------------------------------------------------------------------------------
+
+    def batch_cap(self, key: GroupKey) -> int:
+        native = self.sampler.model.default_size ** 2
+        return max(1, min(self.max_batch, self.max_batch * native // (key.height * key.width)))
+
+    def plan(self, jobs: Sequence[Job]) -> list[tuple[GroupKey, list[Job]]]:
+        """Compatible jobs (same size and steps) together, highest priority first, within the cap."""
+        groups: dict[GroupKey, list[Job]] = defaultdict(list)
+        for job in sorted(jobs, key=lambda j: (-j.priority, j.created_at, j.position)):
+            groups[GroupKey(job.height, job.width, job.steps)].append(job)
+        planned = []
+        for key, members in sorted(groups.items(), key=lambda kv: -kv[1][0].priority):
+            cap = self.batch_cap(key)
+            planned.extend((key, members[i : i + cap]) for i in range(0, len(members), cap))
+        return planned
+
+    # -- 3. render ------------------------------------------------------------------------------
+
+    def render(self, key: GroupKey, jobs: list[Job], report: BatchReport) -> list[Rendered]:
+        """Sample one group; if it fails as a whole, split it so only the offending job fails."""
+        try:
+            text = self.texts.encode([job.prompt for job in jobs])
+            with self.gpu_lock:
+                started = time.perf_counter()
+                result = self.sampler.sample(
+                    text,
+                    [job.seed for job in jobs],
+                    key.height,
+                    key.width,
+                    steps=key.steps,
+                    decoder_chunk=self.decoder_chunk,
+                )
+                elapsed = time.perf_counter() - started
+        except Exception as error:  # noqa: BLE001 - any sampler failure is handled by splitting
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            if len(jobs) == 1:
+                log.warning("job %s failed in the sampler: %r", jobs[0].id, error)
+                self.fail(jobs[0], f"sampler failed: {type(error).__name__}: {error}", report)
+                return []
+            half = len(jobs) // 2
+            log.warning("batch of %d failed (%r); retrying in halves", len(jobs), error)
+            return self.render(key, jobs[:half], report) + self.render(key, jobs[half:], report)
+        report.groups.append(len(jobs))
+        report.sample_seconds += elapsed
+        self.metrics.sampled(self.sampler.model.name, len(jobs), elapsed)
+        if any(text.truncated):
+            self.mark_truncated([job.id for job, cut in zip(jobs, text.truncated) if cut])
+        return [
+            Rendered(job, result.images[i], elapsed, elapsed / len(jobs), len(jobs))
+            for i, job in enumerate(jobs)
+        ]
+
+    # -- 4. store (in the upload pool) ----------------------------------------------------------
+
+    def store_image(self, rendered: Rendered):
+        job = rendered.job
+        started = time.perf_counter()
+        png = encode_png(
+            rendered.pixels.numpy(),
+            text={"prompt": job.prompt, "seed": str(job.seed), "model": job.model},
+        )
+        encoded = time.perf_counter()
+        stored = self.store.put_png(
+            self.store.key_for(job.submission_id, job.id),
+            png.data,
+            metadata={"job-id": job.id, "seed": str(job.seed)},
+        )
+        finished = time.perf_counter()
+        self.metrics.stored(encoded - started, finished - encoded)
+        return stored, finished - encoded
+
+    # -- 5. record ------------------------------------------------------------------------------
+
+    def record(self, pending: list[tuple[Rendered, Future]], report: BatchReport) -> None:
+        """Wait for this delivery's uploads and record every outcome in one transaction."""
+        results: list[tuple[Rendered, object, float]] = []
+        for rendered, future in pending:
+            try:
+                stored, upload_s = future.result()
+                results.append((rendered, stored, upload_s))
+            except RetryableError as error:
+                self.retry_later(rendered.job, str(error), report)
+            except LoopfreeError as error:
+                self.fail(rendered.job, f"storing the image failed: {error}", report)
+        if not results:
+            return
+        with session_scope(self.engine) as session:
+            for rendered, stored, upload_s in results:
+                result = job_store.JobResult(
+                    image_uri=stored.uri,
+                    image_bytes=stored.size,
+                    image_sha256=stored.sha256,
+                    sample_s=rendered.sample_s,
+                    upload_s=upload_s,
+                    gpu_share_s=rendered.gpu_share_s,
+                )
+                if job_store.mark_succeeded(session, rendered.job.id, result):
+                    report.succeeded.append(rendered.job.id)
+        for rendered, _, _ in results:
+            self.metrics.job_done(rendered.job.model, "succeeded", rendered.job.queue_wait_s)
+
+    def fail(self, job: Job, error: str, report: BatchReport) -> None:
+        with session_scope(self.engine) as session:
+            if job_store.mark_failed(session, job.id, error):
+                report.failed.append(job.id)
+        self.metrics.job_done(job.model, "failed", job.queue_wait_s)
+
+    def retry_later(self, job: Job, error: str, report: BatchReport) -> None:
+        """Give a job back after a transient fault; it comes again after a jittered backoff."""
+        if job.attempts >= self.max_attempts:
+            self.fail(job, f"gave up after {job.attempts} attempts; last error: {error}", report)
+            return
+        with session_scope(self.engine) as session:
+            released = job_store.release_for_retry(session, job.id, error=error)
+        if released:
+            report.retried.append(job.id)
+            self.publish([job], backoff_seconds(job.attempts))
+
+    def mark_truncated(self, job_ids: list[str]) -> None:
+        from sqlalchemy import update
+
+        with session_scope(self.engine) as session:
+            session.execute(update(Job).where(Job.id.in_(job_ids)).values(prompt_truncated=True))
+
+    def finish_submissions(self, submission_ids: set[str]) -> None:
+        from storage.submissions import mark_submission_finished
+
+        with session_scope(self.engine) as session:
+            for submission_id in submission_ids:
+                mark_submission_finished(session, submission_id)
+
+
+def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter: spreads retries of a fleet hit by the same outage."""
+    import random
+
+    return random.uniform(0, min(cap, base * 2**attempt))

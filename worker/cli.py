@@ -1,0 +1,188 @@
+"""Worker-side commands: ``generate``, ``worker``, ``run``, ``model make-tiny``.
+
+torch and diffusers are imported inside the commands, never at module level: the CLI image has no
+torch, and ``loopfree submit`` must not pay for it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loopfree.settings import get_settings
+
+model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+
+
+class Mode(str, Enum):
+    parallel = "parallel"
+    sequential = "sequential"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Shape(str, Enum):
+    tiny = "tiny"
+    sd15 = "sd15"
+
+
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option(help="A .txt (one prompt per line) or .jsonl file.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or local pipeline folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed; prompt i of a file gets SEED+i.")] = 0,
+    height: Annotated[int | None, typer.Option(help="Pixels; default: the model's.")] = None,
+    width: Annotated[int | None, typer.Option(help="Pixels; default: the model's.")] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps (Loopfree is trained for 4).")] = 4,
+    mode: Annotated[Mode, typer.Option(help="Decoder passes in one batch or one by one.")] = (
+        Mode.parallel
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per sampler call.")] = 8,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    out: Annotated[Path, typer.Option(help="PNG file (one prompt) or folder (--prompts-file).")] = (
+        Path("out.png")
+    ),
+) -> None:
+    """Render images locally, without queue or database."""
+    from loopfree.errors import UserError
+    from producer.prompts import JobDefaults, parse_prompt_file, parse_prompts
+
+    settings = get_settings()
+    model = model or settings.model
+    if (prompt is None) == (prompts_file is None):
+        raise UserError("give either a PROMPT or --prompts-file, not both or neither")
+    defaults = JobDefaults(model=model, seed_base=seed, height=height, width=width, steps=steps)
+    if prompts_file is not None:
+        parsed = parse_prompt_file(prompts_file, defaults=defaults, model_roots=settings.model_roots)
+    else:
+        parsed = parse_prompts(prompt.encode(), format="txt", defaults=defaults, source="PROMPT")
+    if len(parsed.jobs) != 1 and prompts_file is None:
+        raise UserError("PROMPT must be a single line; use --prompts-file for several prompts")
+
+    from worker.imaging import encode_png
+    from worker.models import load_model
+    from worker.sampler import TiUESampler
+
+    loaded = load_model(model, device=device.value, dtype=settings.dtype)
+    sampler = TiUESampler(loaded)
+    specs = [job.spec.resolve_size(loaded.default_size, loaded.default_size) for job in parsed.jobs]
+    if prompts_file is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    # One sampler call per (size, steps) and batch_size prompts; file names follow input order.
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for index, spec in enumerate(specs):
+        groups.setdefault((spec.height, spec.width, spec.steps), []).append(index)
+    for (group_height, group_width, group_steps), indices in groups.items():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            result, truncated = sampler.generate(
+                [specs[i].prompt for i in chunk],
+                [specs[i].seed for i in chunk],
+                group_height,
+                group_width,
+                steps=group_steps,
+                mode=mode.value,
+            )
+            for row, index in enumerate(chunk):
+                target = out if prompts_file is None else out / f"{index:05d}.png"
+                target.write_bytes(encode_png(result.images[row].numpy()).data)
+                written += 1
+                if truncated[row]:
+                    typer.secho(
+                        f"note: prompt {index + 1} was longer than the text encoder's limit "
+                        "and was truncated",
+                        err=True,
+                    )
+    typer.echo(f"wrote {written} image(s) to {out}")
+
+
+def worker(
+    model: Annotated[str | None, typer.Option(help="Hub id or local pipeline folder.")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Jobs per batch (default 16).")] = None,
+    max_wait_ms: Annotated[int | None, typer.Option(help="Wait this long to fill a batch.")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Serve one model's queue: dynamic batches, TiUE sampling, uploads, results in SQL."""
+    import logging
+
+    from worker.service import run_worker
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _with_overrides(max_batch=max_batch, max_wait_ms=max_wait_ms)
+    run_worker(settings, model, loglevel=loglevel)
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="Prompt file: .txt, .jsonl or .csv.")],
+    model: Annotated[str | None, typer.Option(help="Hub id or local pipeline folder.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the first job.")] = None,
+    tiny: Annotated[
+        bool, typer.Option(help="Use (and build if needed) a tiny random-weight model.")
+    ] = False,
+) -> None:
+    """Submit FILE, render it with a worker in this process, wait, and print where images are."""
+    from producer.prompts import JobDefaults
+    from producer.status import wait_for
+    from producer.submit import submit_file
+    from worker.service import embedded_worker
+
+    settings = get_settings()
+    settings.ensure_home()
+    if tiny:
+        model = str(_tiny_model(settings.home_dir / "models" / "tiny"))
+    model = model or settings.model
+    from storage.migrate import upgrade
+
+    upgrade(settings.resolved_database_url)
+    with embedded_worker(settings, model):
+        report = submit_file(settings, file, JobDefaults(model=model, seed_base=seed))
+        typer.echo(f"submission {report.submission_id}: {report.jobs} jobs")
+        ok = wait_for(settings, report.submission_id)
+    typer.echo(f"images: {settings.resolved_storage_url}/{report.submission_id}/")
+    typer.echo(f"list them: loopfree jobs --submission {report.submission_id}")
+    raise typer.Exit(0 if ok else 1)
+
+
+def _tiny_model(folder: Path) -> Path:
+    if not (folder / "model_index.json").exists():
+        from worker.tiny import make_model
+
+        make_model(folder, shape="tiny")
+    return folder
+
+
+def make_tiny(
+    folder: Annotated[Path, typer.Argument(help="Where to write the pipeline folder.")],
+    shape: Annotated[Shape, typer.Option(help="tiny (tests) or sd15 (timing).")] = Shape.tiny,
+    seed: Annotated[int, typer.Option()] = 0,
+    fp16: Annotated[bool, typer.Option(help="Store fp16 weights (half the disk).")] = False,
+) -> None:
+    """Write a random-weight model in the Loopfree/diffusers folder layout."""
+    from worker.tiny import make_model
+
+    make_model(folder, shape=shape.value, seed=seed, fp16=fp16)
+    typer.echo(f"wrote a random-weight {shape.value} model to {folder}")
+
+
+def _with_overrides(**overrides):
+    settings = get_settings()
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    return settings.model_copy(update=changes) if changes else settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+    app.command()(worker)
+    app.command()(run)
+    model_app.command("make-tiny")(make_tiny)
+    app.add_typer(model_app, name="model")

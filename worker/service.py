@@ -1,0 +1,183 @@
+"""A worker process: load the model once, wire the batch runner to Celery, keep heartbeats going.
+
+``loopfree worker`` runs :func:`run_worker` (a full Celery worker with signal handling: SIGTERM
+finishes the batch in hand and takes no more). ``loopfree run`` embeds the same worker in a thread
+with :func:`embedded_worker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from celery import Celery
+
+from loopfree.errors import UserError
+from loopfree.modelinfo import canonical_model
+from loopfree.queue import make_celery, model_queue, publish_jobs
+from loopfree.settings import Settings
+from storage import jobs as job_store
+from storage.db import make_engine, session_scope
+from storage.models import Job
+from storage.objects import open_store
+from storage.uploads import UploadPool
+from worker.batch import BatchRunner
+from worker.metrics import WorkerMetrics
+from worker.tasks import register_generate_task
+
+log = logging.getLogger(__name__)
+
+# Batches a worker holds at once: one sampling, one being prepared, one waiting on its uploads.
+PIPELINE_DEPTH = 3
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    app: Celery
+    runner: BatchRunner
+    uploads: UploadPool
+    metrics: WorkerMetrics
+    name: str
+    queue: str
+    stop_heartbeat: threading.Event
+
+    def close(self) -> None:
+        self.stop_heartbeat.set()
+        self.uploads.close()
+
+
+def worker_name(model: str) -> str:
+    return f"loopfree-{os.getpid()}@{socket.gethostname()}"
+
+
+def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime:
+    """Load the model and connect to the database, store and broker named by ``settings``."""
+    from worker.models import load_model
+    from worker.sampler import TiUESampler
+
+    model = canonical_model(model or settings.model)
+    loaded = load_model(
+        model, device=settings.device, dtype=settings.dtype, compile=settings.compile
+    )
+    engine = make_engine(settings.resolved_database_url)
+    store = open_store(
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+    )
+    app = make_celery(settings)
+    metrics = WorkerMetrics()
+    metrics.model_load.set(loaded.load_seconds)
+    uploads = UploadPool(max_workers=settings.upload_workers)
+    name = worker_name(model)
+
+    def publish(jobs: Sequence[Job], countdown: float) -> None:
+        publish_jobs(app, [(job.id, job.model, job.priority) for job in jobs], countdown=countdown)
+
+    runner = BatchRunner(
+        sampler=TiUESampler(loaded),
+        engine=engine,
+        store=store,
+        uploads=uploads,
+        worker_name=name,
+        publish=publish,
+        max_batch=settings.max_batch,
+        max_attempts=settings.max_attempts,
+        decoder_chunk=settings.decoder_chunk,
+        metrics=metrics,
+    )
+    check_visibility_timeout(runner, settings)
+    register_generate_task(
+        app, runner, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms
+    )
+    stop = threading.Event()
+    threading.Thread(
+        target=_heartbeat_loop, args=(engine, name, settings.heartbeat_s, stop), daemon=True
+    ).start()
+    return WorkerRuntime(
+        settings, app, runner, uploads, metrics, name, model_queue(model).name, stop
+    )
+
+
+def check_visibility_timeout(runner: BatchRunner, settings: Settings) -> None:
+    """Refuse to start if the broker could redeliver a job while this worker still holds it.
+
+    A message waits at most ``max_wait`` in the batching buffer, then behind the batches already in
+    hand; each of those takes one full batch's sampling plus its uploads. A timed one-image warm-up
+    (which also warms kernels) gives the sampling estimate.
+    """
+    model = runner.sampler.model
+    started = time.perf_counter()
+    runner.sampler.generate(["warm-up"], [0])
+    one_image = time.perf_counter() - started
+    batch_seconds = one_image * settings.max_batch * 2 + 30  # x2 and 30 s for uploads and records
+    longest = settings.max_wait_ms / 1000 + (PIPELINE_DEPTH + 1) * batch_seconds
+    log.info("warm-up of %s: %.2fs per image; longest batch ~%.0fs", model.name, one_image, longest)
+    if settings.visibility_timeout_s < longest:
+        raise UserError(
+            f"the broker's visibility timeout ({settings.visibility_timeout_s}s) is shorter than "
+            f"the longest batch this worker could hold (~{math.ceil(longest)}s), so jobs still "
+            "being rendered would be delivered again; raise LOOPFREE_VISIBILITY_TIMEOUT_S or "
+            "lower LOOPFREE_MAX_BATCH"
+        )
+
+
+def _heartbeat_loop(engine, name: str, interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        try:
+            with session_scope(engine) as session:
+                job_store.heartbeat(session, name)
+        except Exception as error:  # noqa: BLE001 - a missed heartbeat must not kill the worker
+            log.warning("heartbeat failed: %s", error)
+
+
+def worker_options(runtime: WorkerRuntime) -> dict:
+    max_batch = runtime.settings.max_batch
+    return dict(
+        hostname=runtime.name,
+        queues=[runtime.queue],
+        pool_cls="threads",
+        concurrency=PIPELINE_DEPTH,
+        # Enough prefetched messages to fill the next batch while PIPELINE_DEPTH are in hand.
+        prefetch_multiplier=math.ceil(max_batch * (PIPELINE_DEPTH + 1) / PIPELINE_DEPTH),
+        without_mingle=True,
+        without_gossip=True,
+        task_events=True,
+    )
+
+
+def run_worker(settings: Settings, model: str | None, loglevel: str = "INFO") -> None:
+    """Run a Celery worker in this process until SIGTERM/SIGINT (warm shutdown)."""
+    runtime = build_runtime(settings, model)
+    if settings.metrics_port is not None:
+        runtime.metrics.serve(settings.metrics_port)
+    try:
+        worker = runtime.app.Worker(loglevel=loglevel, **worker_options(runtime))
+        worker.start()
+    finally:
+        runtime.close()
+    if worker.exitcode:
+        raise SystemExit(worker.exitcode)
+
+
+@contextlib.contextmanager
+def embedded_worker(settings: Settings, model: str | None = None) -> Iterator[WorkerRuntime]:
+    """A worker running in a background thread of this process, stopped on exit."""
+    runtime = build_runtime(settings, model)
+    controller = runtime.app.WorkController(loglevel="WARNING", **worker_options(runtime))
+    thread = threading.Thread(target=controller.start, name="loopfree-worker", daemon=True)
+    thread.start()
+    try:
+        yield runtime
+    finally:
+        controller.stop(in_sighandler=False)
+        thread.join(timeout=60)
+        runtime.close()
