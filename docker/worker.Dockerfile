@@ -79,12 +79,23 @@ ENV HF_HOME=/models/huggingface
 RUN python3 -m venv /opt/hf \
  && /opt/hf/bin/pip install --no-cache-dir "huggingface_hub==${HF_HUB_VERSION}"
 
+# The files the worker loads (worker/models.py PIPELINE_FILES; a test keeps the two lists equal),
+# not the whole repository, which often also holds .ckpt/.bin copies of the same weights.
 # The token comes from a build secret, so it never lands in a layer or in `docker history`.
 RUN --mount=type=secret,id=hf_token \
     mkdir -p "${HF_HOME}" \
  && if [ -n "${PREFETCH_MODEL}" ]; then \
       if [ -s /run/secrets/hf_token ]; then HF_TOKEN="$(cat /run/secrets/hf_token)"; export HF_TOKEN; fi; \
-      /opt/hf/bin/hf download "${PREFETCH_MODEL}"; \
+      /opt/hf/bin/hf download "${PREFETCH_MODEL}" \
+        --include "model_index.json" \
+        --include "scheduler/*" \
+        --include "tokenizer/*" \
+        --include "text_encoder/config.json" \
+        --include "text_encoder/*.safetensors" \
+        --include "unet/config.json" \
+        --include "unet/diffusion_pytorch_model.safetensors" \
+        --include "vae/config.json" \
+        --include "vae/diffusion_pytorch_model.safetensors"; \
     fi
 
 # ---------------------------------------------------------------------------------------------

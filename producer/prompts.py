@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from random import Random
 from typing import IO, Any
@@ -235,9 +235,16 @@ class _Collector:
             "steps": defaults.steps, "priority": defaults.priority,
             "num_images": defaults.num_images, "metadata": dict(defaults.metadata),
         }  # fmt: skip
+        seed_base = defaults.seed_base
         try:
             _check_num_images(defaults.num_images)
-            seed = 0 if defaults.seed_base is None else defaults.seed_base
+            if seed_base is not None and (
+                type(seed_base) is not int or not 0 <= seed_base <= MAX_SEED
+            ):
+                raise InvalidJob(
+                    f"seed_base {seed_base!r} must be a whole number from 0 to {MAX_SEED}"
+                )
+            seed = 0 if seed_base is None else seed_base
             probe = {**base, "prompt": "defaults", "seed": seed}
             del probe["num_images"]
             if isinstance(defaults.model, str):
@@ -279,7 +286,9 @@ class _Collector:
             except InvalidJob as exc:
                 problems.append(str(exc))
                 data["model"] = _REPORTED_MODEL
-        if "metadata" in fields and self._base["metadata"] and isinstance(fields["metadata"], dict):
+        if "metadata" not in fields:
+            data["metadata"] = dict(self._base["metadata"])  # each job its own, never shared
+        elif self._base["metadata"] and isinstance(fields["metadata"], dict):
             data["metadata"] = {**self._base["metadata"], **fields["metadata"]}
 
         position = len(self.jobs)
@@ -308,11 +317,10 @@ class _Collector:
             raise InvalidJob(" | ".join(problems))
 
         self.jobs.append(ParsedJob(spec, line_number, position))
+        drawn = "seed" not in fields and seed_base is None
         for k in range(1, count):
-            random = "seed" not in fields and seed_base is None
-            next_seed = self._random_seed() if random else seed + k
-            copy = spec.model_copy(update={"seed": next_seed})
-            self.jobs.append(ParsedJob(copy, line_number, position + k))
+            next_seed = self._random_seed() if drawn else seed + k
+            self.jobs.append(ParsedJob(replace(spec, seed=next_seed), line_number, position + k))
 
     def _random_seed(self) -> int:
         # Recorded in the job, so a random image can still be reproduced.
@@ -524,9 +532,11 @@ def _csv_fields(header: list[str], row: list[str]) -> dict[str, Any]:
 
 
 def _csv_int(name: str, cell: str) -> int:
-    digits = cell.lstrip("+-")
     # isdecimal alone would admit Arabic-Indic and other digits; the length cap keeps int() cheap.
-    if not (digits.isascii() and digits.isdecimal()) or len(cell) - len(digits) > 1:
+    if cell.isascii() and cell.isdecimal() and len(cell) <= 30:
+        return int(cell)
+    digits = cell[1:] if cell[:1] in ("+", "-") else cell
+    if not (digits.isascii() and digits.isdecimal()):
         raise InvalidJob(f"{name} must be a whole number, not {cell[:40]!r}; fix its value")
     if len(digits) > 30:
         raise InvalidJob(f"{name} has {len(digits)} digits; that is out of range")
@@ -535,7 +545,7 @@ def _csv_int(name: str, cell: str) -> int:
 
 def _load_json(text: str, what: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _JSON.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidJob(
             f"{what} is not valid JSON ({exc.msg} at column {exc.colno}); "
@@ -550,6 +560,10 @@ def _load_json(text: str, what: str) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# One decoder for all lines: json.loads with an option builds a new one per call.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _kind(value: Any) -> str:

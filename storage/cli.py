@@ -19,7 +19,9 @@ def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     settings = get_settings()
     settings.ensure_home()
     migrate.upgrade(settings.resolved_database_url, revision)
-    typer.echo(f"{mask_url(settings.resolved_database_url)} is at {migrate.current(settings.resolved_database_url)}")
+    typer.echo(
+        f"{mask_url(settings.resolved_database_url)} is at {migrate.current(settings.resolved_database_url)}"
+    )
 
 
 @db_app.command()
@@ -35,7 +37,9 @@ def current() -> None:
     """Print the database's revision."""
     from storage import migrate
 
-    typer.echo(migrate.current(get_settings().resolved_database_url) or "empty (run `loopfree db upgrade`)")
+    typer.echo(
+        migrate.current(get_settings().resolved_database_url) or "empty (run `loopfree db upgrade`)"
+    )
 
 
 def register(app: typer.Typer) -> None:

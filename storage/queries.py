@@ -80,7 +80,8 @@ def list_jobs_by_status(
     after_id: str | None = None,
     limit: int = PAGE_SIZE,
 ) -> list[Job]:
-    """One page of jobs in ``status`` ordered by id; pass the last id as ``after_id`` for the next."""
+    """One page of jobs in ``status``, ordered by id; pass the last id as ``after_id`` for the
+    next page."""
     statement = select(Job).where(Job.status == status).order_by(Job.id).limit(limit)
     if submission_id is not None:
         statement = statement.where(Job.submission_id == submission_id)

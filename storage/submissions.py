@@ -7,22 +7,19 @@ so they come out the same, and jobs that are already in the table are skipped.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage.bulk import insert_job_rows
 from storage.models import PRIORITY_NORMAL, Job, JobStatus, Submission, utcnow
-
-INSERT_CHUNK = 5_000
-"""Jobs per executemany call: large enough to amortise round trips, small enough that one
-chunk of Python dicts stays a few MB."""
 
 # Fixed namespace for uuid5 job ids; changing it would change every derived id.
 _JOB_ID_NAMESPACE = uuid.UUID("5b0c7d8e-3f4a-4c1e-9a57-6f0e2d1b8c33")
@@ -54,8 +51,17 @@ class SubmissionRef:
 
 
 def job_id_for(submission_id: str, position: int) -> str:
-    """The job id for a position in a submission: the same every time, so resubmits dedupe."""
-    return str(uuid.uuid5(_JOB_ID_NAMESPACE, f"{submission_id}/{position}"))
+    """The job id for a position in a submission: the same every time, so resubmits dedupe.
+
+    Exactly ``str(uuid.uuid5(namespace, f"{submission_id}/{position}"))``, computed without
+    ``uuid.UUID``'s validation, which is a third of the client time of a 100,000-job insert.
+    """
+    name = f"{submission_id}/{position}".encode()
+    digest = bytearray(hashlib.sha1(_JOB_ID_NAMESPACE.bytes + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def create_submission(
@@ -102,21 +108,20 @@ def insert_jobs(
     submission_id: str,
     jobs: Iterable[NewJob],
     *,
+    skip_existing: bool = True,
     now: datetime | None = None,
-    chunk_size: int = INSERT_CHUNK,
-) -> None:
-    """Insert jobs as ``queued`` in bulk; positions that already exist are left untouched.
+) -> int:
+    """Insert jobs as ``queued`` in bulk and return how many were inserted. ``jobs`` may be a
+    generator; it is streamed, not materialised.
 
-    Rows go in as multi-row ``INSERT ... VALUES`` statements (SQLAlchemy's insertmanyvalues), which
-    is fast on PostgreSQL and SQLite alike. ``jobs`` may be a generator.
+    With ``skip_existing`` (the default) positions already in the table are skipped, which makes
+    resuming a half-inserted submission safe. Pass ``skip_existing=False`` for a submission this
+    transaction just created (``SubmissionRef.created``): nothing can conflict, and PostgreSQL can
+    ``COPY`` straight into the table (about 1.5x faster).
     """
     created_at = now or utcnow()
-    statement = _insert(session, Job).on_conflict_do_nothing(
-        index_elements=["submission_id", "position"]
-    )
-    for chunk in _chunks(jobs, chunk_size):
-        rows = [_job_row(submission_id, job, created_at) for job in chunk]
-        session.execute(statement, rows)
+    rows = (_job_row(submission_id, job, created_at) for job in jobs)
+    return insert_job_rows(session, JOB_COLUMNS, rows, skip_existing=skip_existing)
 
 
 def get_submission(session: Session, submission_id: str) -> Submission | None:
@@ -182,28 +187,43 @@ def _insert(session: Session, model: type[Submission] | type[Job]) -> Any:
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
 
 
-def _job_row(submission_id: str, job: NewJob, created_at: datetime) -> dict[str, Any]:
-    return {
-        "id": job_id_for(submission_id, job.position),
-        "submission_id": submission_id,
-        "position": job.position,
-        "line_number": job.line_number,
-        "prompt": job.prompt,
-        "prompt_truncated": job.prompt_truncated,
-        "seed": job.seed,
-        "height": job.height,
-        "width": job.width,
-        "steps": job.steps,
-        "model": job.model,
-        "priority": job.priority,
-        "caller_metadata": dict(job.metadata),
-        "status": JobStatus.QUEUED,
-        "attempts": 0,
-        "created_at": created_at,
-    }
+JOB_COLUMNS = (
+    "id",
+    "submission_id",
+    "position",
+    "line_number",
+    "prompt",
+    "prompt_truncated",
+    "seed",
+    "height",
+    "width",
+    "steps",
+    "model",
+    "priority",
+    "metadata",
+    "status",
+    "attempts",
+    "created_at",
+)
+"""Column names (not attribute names: ``metadata``) that ``_job_row`` fills, in order."""
 
 
-def _chunks(items: Iterable[NewJob], size: int) -> Iterator[list[NewJob]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
+def _job_row(submission_id: str, job: NewJob, created_at: datetime) -> tuple[Any, ...]:
+    return (
+        job_id_for(submission_id, job.position),
+        submission_id,
+        job.position,
+        job.line_number,
+        job.prompt,
+        job.prompt_truncated,
+        job.seed,
+        job.height,
+        job.width,
+        job.steps,
+        job.model,
+        job.priority,
+        dict(job.metadata),
+        JobStatus.QUEUED,
+        0,
+        created_at,
+    )

@@ -6,6 +6,7 @@ without one is checked with the real tools: hadolint and the compose specificati
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -215,7 +216,10 @@ def test_copied_files_exist_and_are_in_the_build_context(dockerfile):
     assert sources, f"{dockerfile.name} copies nothing from the context"
     for source in sources:
         path = REPO / source
-        assert path.exists(), f"{dockerfile.name} copies {source}, which is not in the repository"
+        assert path.exists(), (
+            f"{dockerfile.name} copies {source}, which is not in the repository: `docker build` "
+            "would fail (README.md is needed because pyproject.toml names it as the readme)"
+        )
         assert not is_ignored(source, patterns), (
             f"{dockerfile.name}: {source} is excluded by its .dockerignore"
         )
@@ -248,6 +252,23 @@ def test_worker_image_installs_the_torch_version_ci_tests():
     assert arg, "worker.Dockerfile has no ARG TORCH_VERSION"
     assert arg.group(1) == match.group(1), (
         f"the worker image installs torch {arg.group(1)} but CI tests {match.group(1)}"
+    )
+
+
+def test_worker_image_prefetches_exactly_the_files_the_worker_loads():
+    # Read PIPELINE_FILES from the source: importing worker.models would import torch.
+    tree = ast.parse((REPO / "worker" / "models.py").read_text(encoding="utf-8"))
+    pipeline_files = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(getattr(t, "id", None) == "PIPELINE_FILES" for t in node.targets)
+    )
+    dockerfile = (DOCKER / "worker.Dockerfile").read_text(encoding="utf-8")
+    included = re.findall(r'--include "([^"]+)"', dockerfile)
+    assert sorted(included) == sorted(pipeline_files), (
+        "the prefetch stage downloads other files than worker/models.py PIPELINE_FILES loads: "
+        f"{sorted(set(included) ^ set(pipeline_files))}"
     )
 
 

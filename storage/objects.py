@@ -1,0 +1,172 @@
+"""Object storage for images: one small interface, two backends, configured by one URL.
+
+    open_store("s3://bucket/prefix", endpoint_url=..., region=...)   -> S3Store
+    open_store("file:///srv/loopfree/outputs")                        -> LocalStore
+
+Keys are relative to the store's prefix and deterministic per job (``{submission_id}/{job_id}.png``),
+so a retried upload overwrites the first attempt instead of leaving a second copy. Every upload is
+verified against the SHA-256 of the bytes the caller passed before it counts as stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from loopfree.errors import StoreUnavailable, UserError
+
+PNG_CONTENT_TYPE = "image/png"
+
+
+class InvalidStorageUrl(UserError):
+    """The storage URL is neither ``s3://bucket[/prefix]`` nor ``file:///path``."""
+
+
+class BucketNotFound(UserError):
+    """The configured bucket does not exist."""
+
+
+class StoreAccessDenied(UserError):
+    """Credentials are missing or lack a permission the operation needs."""
+
+
+class ObjectNotFound(UserError):
+    """No object under that key or URI."""
+
+
+class StoreRejected(UserError):
+    """The store refused the request for a reason retrying will not fix."""
+
+
+class UploadNotVerified(StoreUnavailable):
+    """The store did not confirm it holds exactly the bytes sent; the upload should be retried."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Where an upload went and what it holds."""
+
+    uri: str
+    size: int
+    sha256: str  # hex digest of the bytes, as recorded in ``jobs.image_sha256``
+
+
+def job_key(submission_id: str, job_id: str) -> str:
+    """The store key of a job's image: ``{submission_id}/{job_id}.png`` (under the store prefix)."""
+    return f"{submission_id}/{job_id}.png"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ObjectStore(ABC):
+    """A place to put PNGs and get them back. Implementations are safe to share between threads.
+
+    Methods that take ``uri_or_key`` accept either a key relative to the store (``sub/job.png``)
+    or a full URI the store handed out (``s3://bucket/prefix/sub/job.png``).
+    """
+
+    #: The store's base URL, e.g. ``s3://bucket/prefix`` or ``file:///srv/outputs``.
+    url: str
+
+    @abstractmethod
+    def put_png(self, key: str, data: bytes, *, metadata: Mapping[str, str]) -> StoredObject:
+        """Store ``data`` under ``key`` (replacing what was there) and verify it arrived intact."""
+
+    @abstractmethod
+    def get(self, uri_or_key: str) -> bytes:
+        """The object's bytes; ``ObjectNotFound`` if there is none."""
+
+    @abstractmethod
+    def exists(self, uri_or_key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, uri_or_key: str) -> None:
+        """Remove the object; deleting a missing object is not an error."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys (relative to the store) that start with ``prefix``."""
+
+    @abstractmethod
+    def presigned_url(self, uri_or_key: str, expires_s: int) -> str:
+        """A URL anyone holding it can GET for ``expires_s`` seconds."""
+
+    @abstractmethod
+    def ensure_bucket(self) -> None:
+        """Create the bucket or folder if it does not exist (development and tests)."""
+
+    @abstractmethod
+    def uri_for(self, key: str) -> str:
+        """The full URI of ``key``, as recorded in ``jobs.image_uri``."""
+
+    def key_for(self, submission_id: str, job_id: str) -> str:
+        """The key of a job's image; see ``job_key``."""
+        return job_key(submission_id, job_id)
+
+    def key_of(self, uri_or_key: str) -> str:
+        """The key relative to this store of a key or of a URI this store handed out."""
+        if "://" not in uri_or_key:
+            return check_key(uri_or_key)
+        base = self.url.rstrip("/") + "/"
+        if not uri_or_key.startswith(base):
+            raise InvalidStorageUrl(
+                f"{uri_or_key} is not in the configured store {self.url}; set LOOPFREE_STORAGE_URL "
+                "to the store that holds it."
+            )
+        return check_key(uri_or_key[len(base) :])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the store's prefix or folder."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or "\0" in key or ".." in parts or "" in parts:
+        raise ValueError(f"invalid object key {key!r}: use relative 'a/b/c.png' style keys")
+    return key
+
+
+def open_store(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    **s3_options: Any,
+) -> ObjectStore:
+    """The store for ``url``: ``s3://bucket[/prefix]`` or ``file:///absolute/path``.
+
+    ``endpoint_url`` selects an S3-compatible service (MinIO, moto, R2); ``region`` its region.
+    Credentials come from the standard AWS environment (variables, profile, instance role).
+    ``s3_options`` (timeouts, retry attempts, pool size) go to ``S3Store``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise InvalidStorageUrl(f"{url!r} has no bucket: use s3://bucket/prefix.")
+        from storage.s3 import S3Store
+
+        return S3Store(
+            parts.netloc,
+            parts.path.strip("/"),
+            endpoint_url=endpoint_url,
+            region=region,
+            **s3_options,
+        )
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidStorageUrl(
+                f"{url!r} names host {parts.netloc!r}: use file:///absolute/path (three slashes)."
+            )
+        from storage.local import LocalStore
+
+        return LocalStore.from_url(url)
+    raise InvalidStorageUrl(
+        f"Unsupported storage URL {url!r}: use s3://bucket/prefix or file:///absolute/path."
+    )

@@ -1,0 +1,242 @@
+"""S3-compatible object store (AWS S3, MinIO, Cloudflare R2, moto) through boto3.
+
+Uploads are verified, not trusted: each PUT carries ``Content-MD5`` and ``x-amz-checksum-sha256``
+of the bytes (servers that check them reject a corrupted body with ``BadDigest``), and the reply
+must prove the server holds those bytes: its ETag (the server's own MD5 of a single-part,
+non-KMS upload) must equal our MD5, or, where ETags are not MD5s, the SHA-256 checksum the server
+computed must equal ours. Otherwise ``UploadNotVerified`` (retryable) is raised.
+
+Objects are private (no ACL is sent, so the bucket's default, private, applies); share them with
+presigned GET URLs that expire.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from loopfree.errors import StoreUnavailable
+from loopfree.settings import mask_url
+from storage.objects import (
+    PNG_CONTENT_TYPE,
+    BucketNotFound,
+    ObjectNotFound,
+    ObjectStore,
+    StoreAccessDenied,
+    StoredObject,
+    StoreRejected,
+    UploadNotVerified,
+    check_key,
+)
+
+MAX_ATTEMPTS = 5
+"""Attempts per request in botocore's "standard" retry mode (exponential backoff with jitter);
+together with the timeouts below a dead endpoint is reported within about a minute."""
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+MAX_POOL_CONNECTIONS = 64
+"""HTTP connections per client: more than any upload pool we size, so threads never queue for one."""
+
+MAX_PRESIGN_S = 7 * 24 * 3600
+"""SigV4 presigned URLs cannot live longer than seven days."""
+
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_RETRYABLE = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Store(ObjectStore):
+    """Objects in ``bucket`` under ``prefix``; URIs are ``s3://bucket/prefix/key``."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        max_pool_connections: int = MAX_POOL_CONNECTIONS,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.region = region
+        self.endpoint_label = mask_url(endpoint_url) if endpoint_url else "AWS S3"
+        config = Config(
+            region_name=region,
+            signature_version="s3v4",
+            # Path-style (endpoint/bucket/key) works with every S3-compatible server and needs no
+            # wildcard DNS; on AWS itself, let botocore choose virtual-hosted style.
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+            max_pool_connections=max_pool_connections,
+            # We send our own SHA-256; botocore's default extra CRC32 (in an aws-chunked trailer)
+            # is rejected by some S3-compatible servers.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        # A session per store: boto3's default session is not thread-safe to create clients from.
+        session = boto3.session.Session()
+        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    def put_png(self, key: str, data: bytes, *, metadata: Mapping[str, str]) -> StoredObject:
+        object_key = self._object_key(key)
+        sha256 = hashlib.sha256(data).digest()
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        with self._errors("uploading", object_key):
+            reply = self._client.put_object(
+                Bucket=self.bucket,
+                Key=object_key,
+                Body=data,
+                ContentType=PNG_CONTENT_TYPE,
+                Metadata={**metadata, "sha256": sha256.hex()},
+                ContentMD5=_b64(md5),
+                ChecksumSHA256=_b64(sha256),
+            )
+        verify_put_reply(reply, md5=md5, sha256=sha256, where=self.uri_for(key))
+        return StoredObject(uri=self.uri_for(key), size=len(data), sha256=sha256.hex())
+
+    def get(self, uri_or_key: str) -> bytes:
+        object_key = self._object_key(self.key_of(uri_or_key))
+        with self._errors("downloading", object_key):
+            reply = self._client.get_object(Bucket=self.bucket, Key=object_key)
+            return reply["Body"].read()
+
+    def exists(self, uri_or_key: str) -> bool:
+        object_key = self._object_key(self.key_of(uri_or_key))
+        try:
+            with self._errors("checking", object_key):
+                self._client.head_object(Bucket=self.bucket, Key=object_key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def delete(self, uri_or_key: str) -> None:
+        object_key = self._object_key(self.key_of(uri_or_key))
+        with self._errors("deleting", object_key):
+            self._client.delete_object(Bucket=self.bucket, Key=object_key)
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors("listing", base + prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(base) :]
+
+    def presigned_url(self, uri_or_key: str, expires_s: int) -> str:
+        if not 1 <= expires_s <= MAX_PRESIGN_S:
+            raise ValueError(f"expires_s must be 1..{MAX_PRESIGN_S} (seven days), not {expires_s}")
+        object_key = self._object_key(self.key_of(uri_or_key))
+        with self._errors("signing", object_key):
+            return self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": object_key},
+                ExpiresIn=expires_s,
+            )
+
+    def ensure_bucket(self) -> None:
+        try:
+            with self._errors("checking bucket", ""):
+                self._client.head_bucket(Bucket=self.bucket)
+            return
+        except (BucketNotFound, ObjectNotFound):
+            pass  # head_bucket reports a missing bucket as a bare 404
+        arguments: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region and self.region != "us-east-1":
+            # us-east-1 is the default and rejects an explicit LocationConstraint.
+            arguments["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            with self._errors("creating bucket", ""):
+                self._client.create_bucket(**arguments)
+        except StoreRejected as exc:
+            if "BucketAlreadyOwnedByYou" not in str(exc):  # another process won the race
+                raise
+
+    def _object_key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def _errors(self, action: str, object_key: str) -> Iterator[None]:
+        """botocore errors -> our error tree, with messages that name the fix and no secrets."""
+        where = f"s3://{self.bucket}/{object_key} at {self.endpoint_label}"
+        try:
+            yield
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StoreAccessDenied(
+                f"No usable AWS credentials for {action} {where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
+            ) from exc
+        except ClientError as exc:
+            raise self._client_error(exc, action, where) from exc
+        except BotoCoreError as exc:
+            # Connection refused, DNS failure, timeouts: what is left after botocore's retries.
+            raise StoreUnavailable(
+                f"Object store unreachable while {action} {where}: {exc}. Check that it is "
+                "running and that the endpoint URL is right; the upload can be retried."
+            ) from exc
+
+    def _client_error(self, exc: ClientError, action: str, where: str) -> Exception:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        detail = f"{code}: {error.get('Message', '')}".strip(": ")
+        if code == "NoSuchBucket" or (status == 404 and action.endswith("bucket")):
+            return BucketNotFound(
+                f"Bucket {self.bucket!r} does not exist at {self.endpoint_label}. Create it "
+                f"(e.g. `aws s3 mb s3://{self.bucket}`) or fix LOOPFREE_STORAGE_URL."
+            )
+        if code in _DENIED or status == 403:
+            return StoreAccessDenied(
+                f"Access denied {action} {where} ({detail}). Check the credentials and that "
+                "they allow s3:PutObject, s3:GetObject and s3:ListBucket on the bucket."
+            )
+        if code in _NOT_FOUND or status == 404:
+            return ObjectNotFound(f"No object at {where}.")
+        if code in ("BadDigest", "InvalidDigest"):
+            return UploadNotVerified(f"The store rejected a corrupted upload to {where}; retry it.")
+        if status >= 500 or code in _RETRYABLE:
+            return StoreUnavailable(
+                f"Object store failed while {action} {where} ({detail}, HTTP {status}) after "
+                "retries; try again later."
+            )
+        return StoreRejected(f"Object store refused {action} {where}: {detail} (HTTP {status}).")
+
+
+def verify_put_reply(reply: Mapping[str, Any], *, md5: bytes, sha256: bytes, where: str) -> None:
+    """Raise ``UploadNotVerified`` unless the PutObject reply proves the server got our bytes."""
+    etag = str(reply.get("ETag", "")).strip('"')
+    if etag == md5.hex():
+        return  # the server's own MD5 of what it stored
+    if reply.get("ChecksumSHA256") == _b64(sha256):
+        return  # servers that return it have checked it against the body
+    raise UploadNotVerified(
+        f"The store did not confirm the upload of {where} (ETag {etag!r} is not the MD5 of the "
+        "bytes sent and no matching SHA-256 came back); retry the upload."
+    )
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")

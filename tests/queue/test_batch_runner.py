@@ -1,0 +1,138 @@
+"""The worker's batch runner as plain functions: no Celery, embedded database and store."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from storage.db import make_engine, session_scope
+from storage.models import JobStatus
+from storage.objects import open_store
+from storage.queries import load_jobs
+from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
+from storage.uploads import UploadPool
+from worker.batch import BatchRunner
+from worker.models import load_model
+from worker.sampler import TiUESampler
+
+
+@pytest.fixture()
+def runtime(embedded_settings):
+    model = load_model(embedded_settings.model, device="cpu")
+    engine = make_engine(embedded_settings.resolved_database_url)
+    store = open_store(embedded_settings.resolved_storage_url)
+    published = []
+    with UploadPool(max_workers=4) as uploads:
+        runner = BatchRunner(
+            sampler=TiUESampler(model),
+            engine=engine,
+            store=store,
+            uploads=uploads,
+            worker_name="test-worker",
+            publish=lambda jobs, countdown: published.extend(job.id for job in jobs),
+            max_batch=4,
+        )
+        yield runner, engine, store, published
+
+
+def add_jobs(engine, model: str, prompts: list[tuple[str, int, int]]) -> list[str]:
+    """Insert (prompt, seed, size) jobs as one submission; returns their ids."""
+    with session_scope(engine) as session:
+        ref = create_submission(session, source="test", defaults={}, job_count=len(prompts))
+        insert_jobs(
+            session,
+            ref.id,
+            [
+                NewJob(
+                    position=i,
+                    line_number=i + 1,
+                    prompt=prompt,
+                    seed=seed,
+                    height=size,
+                    width=size,
+                    steps=4,
+                    model=model,
+                )
+                for i, (prompt, seed, size) in enumerate(prompts)
+            ],
+        )
+    return [job_id_for(ref.id, i) for i in range(len(prompts))]
+
+
+def test_a_delivery_renders_every_job_and_records_one_image_each(runtime, embedded_settings):
+    runner, engine, store, _ = runtime
+    prompts = [("a cat", 1, 64), ("a dog", 2, 80), ("a cat", 3, 64), ("a bird", 4, 64)]
+    ids = add_jobs(engine, runner.sampler.model.name, prompts)
+    report = runner.run(ids)
+    assert sorted(report.succeeded) == sorted(ids), report
+    assert sorted(report.groups) == [1, 3]  # 80 px alone, the three 64 px jobs together
+    with session_scope(engine) as session:
+        jobs = load_jobs(session, ids)
+    for job, (prompt, seed, size) in zip(jobs, prompts):
+        assert job.status is JobStatus.SUCCEEDED
+        assert job.attempts == 1 and job.batch_id == report.batch_id
+        data = store.get(job.image_uri)
+        image = Image.open(io.BytesIO(data))
+        assert image.size == (size, size)
+        # The queued image equals the same prompt and seed rendered alone.
+        alone, _ = runner.sampler.generate([prompt], [seed], size, size)
+        pixels = torch.from_numpy(__import__("numpy").asarray(image.convert("RGB")))
+        assert int((pixels.int() - alone.images[0].int()).abs().max()) <= 1
+
+
+def test_identical_prompts_in_flight_share_one_text_encoding(runtime):
+    runner, engine, _, _ = runtime
+    ids = add_jobs(engine, runner.sampler.model.name, [("same prompt", s, 64) for s in range(4)])
+    runner.run(ids)
+    assert runner.texts.encoded == 1 and runner.texts.reused == 3
+
+
+def test_a_second_delivery_of_finished_or_cancelled_jobs_renders_nothing(runtime):
+    from storage.jobs import cancel_queued
+
+    runner, engine, _, _ = runtime
+    ids = add_jobs(engine, runner.sampler.model.name, [("a", 1, 64), ("b", 2, 64), ("c", 3, 64)])
+    with session_scope(engine) as session:
+        cancel_queued(session, job_ids=[ids[2]])
+    first = runner.run(ids[:2] + ids[:2])  # a duplicated message inside one delivery too
+    second = runner.run(ids)
+    assert sorted(first.succeeded) == sorted(ids[:2]) and first.skipped == 2
+    assert second.claimed == 0 and second.groups == []
+    with session_scope(engine) as session:
+        statuses = [job.status for job in load_jobs(session, ids)]
+    assert statuses == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.CANCELLED]
+
+
+class PoisonedSampler(TiUESampler):
+    """Crashes on one seed, as a job that breaks the model would."""
+
+    POISON_SEED = 666
+
+    def sample(self, text, seeds, *args, **kwargs):
+        if self.POISON_SEED in seeds:
+            raise RuntimeError("poisoned input")
+        return super().sample(text, seeds, *args, **kwargs)
+
+
+def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(runtime):
+    runner, engine, _, _ = runtime
+    runner.sampler = PoisonedSampler(runner.sampler.model)
+    runner.texts.sampler = runner.sampler
+    seeds = [1, 2, PoisonedSampler.POISON_SEED, 4]
+    ids = add_jobs(engine, runner.sampler.model.name, [(f"p{s}", s, 64) for s in seeds])
+    report = runner.run(ids)
+    assert report.failed == [ids[2]]
+    assert sorted(report.succeeded) == sorted(ids[:2] + ids[3:])
+    with session_scope(engine) as session:
+        poisoned = load_jobs(session, [ids[2]])[0]
+    assert poisoned.status is JobStatus.FAILED and "poisoned input" in poisoned.error
+
+
+def test_a_job_for_another_model_fails_with_a_reason(runtime):
+    runner, engine, _, _ = runtime
+    ids = add_jobs(engine, "someone/other-model", [("x", 1, 64)])
+    report = runner.run(ids)
+    assert report.failed == ids
