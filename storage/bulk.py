@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from storage.models import Job, JobStatus
@@ -53,6 +54,22 @@ def _copy_rows(
 ) -> int:
     # The DBAPI (psycopg) connection of the session's current transaction: COPY runs inside it.
     driver_connection = session.connection().connection.driver_connection
+    dbapi_error = session.get_bind().dialect.loaded_dbapi.Error
+    try:
+        return _copy(driver_connection, columns, rows, skip_existing=skip_existing)
+    except dbapi_error as exc:
+        # Raise what SQLAlchemy would have (IntegrityError, OperationalError, ...), so callers
+        # and ``storage.db.translate_db_errors`` see one kind of exception on every path.
+        raise DBAPIError.instance("COPY jobs", None, exc, dbapi_error) from exc
+
+
+def _copy(
+    driver_connection: Any,
+    columns: tuple[str, ...],
+    rows: Iterable[tuple[Any, ...]],
+    *,
+    skip_existing: bool,
+) -> int:
     column_list = ", ".join(columns)
     encode = _pg_encoder(columns)
     with driver_connection.cursor() as cursor:

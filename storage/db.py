@@ -9,6 +9,7 @@ to a write lock, which SQLite reports as an instant ``database is locked`` the t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +38,12 @@ _SQLITE_UNAVAILABLE = (
     "unable to open",
     "disk i/o error",
 )
-# PostgreSQL SQLSTATEs that retrying cannot fix: unknown database, bad password, no such role.
+# PostgreSQL refusals that retrying cannot fix: unknown database, bad password, no such role.
+# At connect time psycopg often has no SQLSTATE, so the server's message is matched as well.
 _PG_MISCONFIGURED = {"3D000", "28P01", "28000"}
+_PG_MISCONFIGURED_TEXT = re.compile(
+    r'database "[^"]*" does not exist|password authentication failed|role "[^"]*" does not exist'
+)
 
 
 class DatabaseMisconfigured(UserError):
@@ -49,7 +54,9 @@ class SchemaMissing(UserError):
     """The database has no (or an outdated) loopfree schema."""
 
 
-def make_engine(url: str, **engine_kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S, **engine_kwargs: Any
+) -> Engine:
     """Create an engine for a SQLite or PostgreSQL URL, configured for several processes.
 
     ``postgresql://`` URLs get the psycopg 3 driver. For SQLite, the database file's folder is
@@ -58,7 +65,7 @@ def make_engine(url: str, **engine_kwargs: Any) -> Engine:
     sa_url = _parse_url(url)
     try:
         if sa_url.get_backend_name() == "sqlite":
-            return _make_sqlite_engine(sa_url, engine_kwargs)
+            return _make_sqlite_engine(sa_url, engine_kwargs, sqlite_busy_timeout_s)
         if sa_url.get_backend_name() == "postgresql":
             engine_kwargs.setdefault("pool_pre_ping", True)  # survive server restarts / idle drops
             connect_args = engine_kwargs.setdefault("connect_args", {})
@@ -85,12 +92,14 @@ def _parse_url(url: str) -> URL:
     return sa_url
 
 
-def _make_sqlite_engine(sa_url: URL, engine_kwargs: dict[str, Any]) -> Engine:
+def _make_sqlite_engine(
+    sa_url: URL, engine_kwargs: dict[str, Any], busy_timeout_s: float
+) -> Engine:
     database = sa_url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(sa_url, **engine_kwargs)
-    busy_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)
+    busy_ms = int(busy_timeout_s * 1000)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -143,7 +152,7 @@ def classify_db_error(exc: DBAPIError, label: str) -> Exception | None:
             f"The database at {label} has no loopfree tables ({detail}). "
             "Run `loopfree db upgrade` to create or update the schema."
         )
-    if sqlstate in _PG_MISCONFIGURED:
+    if sqlstate in _PG_MISCONFIGURED or _PG_MISCONFIGURED_TEXT.search(detail):
         return DatabaseMisconfigured(
             f"The database at {label} refused the connection: {detail}. "
             "Fix the database name, user or password in LOOPFREE_DATABASE_URL."

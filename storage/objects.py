@@ -3,9 +3,10 @@
     open_store("s3://bucket/prefix", endpoint_url=..., region=...)   -> S3Store
     open_store("file:///srv/loopfree/outputs")                        -> LocalStore
 
-Keys are relative to the store's prefix and deterministic per job (``{submission_id}/{job_id}.png``),
-so a retried upload overwrites the first attempt instead of leaving a second copy. Every upload is
-verified against the SHA-256 of the bytes the caller passed before it counts as stored.
+Keys are relative to the store's prefix and deterministic per job
+(``{submission_id}/{job_id}.png``), so a retried upload overwrites the first attempt instead of
+leaving a second copy. Every upload is verified against the SHA-256 of the bytes the caller passed
+before it counts as stored.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ together with the timeouts below a dead endpoint is reported within about a minu
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 MAX_POOL_CONNECTIONS = 64
-"""HTTP connections per client: more than any upload pool we size, so threads never queue for one."""
+"""HTTP connections per client: more than any upload pool we size, so no thread waits for one."""
 
 MAX_PRESIGN_S = 7 * 24 * 3600
 """SigV4 presigned URLs cannot live longer than seven days."""

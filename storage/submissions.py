@@ -85,17 +85,14 @@ def create_submission(
         "idempotency_key": idempotency_key,
         "webhook_url": webhook_url,
     }
-    if idempotency_key is None:
-        session.execute(_insert(session, Submission).values(values))
-        return SubmissionRef(id=values["id"], created=True)
-    # ON CONFLICT DO NOTHING, then read back: two producers racing on one key get the same row.
-    result = session.execute(
-        _insert(session, Submission)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-    )
-    if result.rowcount == 1:
-        return SubmissionRef(id=values["id"], created=True)
+    table = Submission.__table__
+    statement = _insert(session, table).values(values)
+    if idempotency_key is not None:
+        # Two producers racing on one key: one inserts, the other gets no row back and reads it.
+        statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
+    inserted = session.execute(statement.returning(table.c.id)).scalar_one_or_none()
+    if inserted is not None:
+        return SubmissionRef(id=inserted, created=True)
     existing = session.scalar(
         select(Submission.id).where(Submission.idempotency_key == idempotency_key)
     )
@@ -177,13 +174,13 @@ def mark_webhook_sent(session: Session, submission_id: str, *, now: datetime | N
     return result.rowcount == 1
 
 
-def _insert(session: Session, model: type[Submission] | type[Job]) -> Any:
+def _insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_nothing`` on PostgreSQL and SQLite."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(model)
+        return postgresql.insert(table)
     if dialect == "sqlite":
-        return sqlite.insert(model)
+        return sqlite.insert(table)
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
 
 

@@ -47,3 +47,68 @@ def add_submission(
         )
         insert_jobs(session, ref.id, new_jobs(count, model=model), now=now)
     return ref.id, [job_id_for(ref.id, position) for position in range(count)]
+
+
+def race_to_claim(url: str, job_ids: list[str], worker: str, chunk: int, start: object) -> list[str]:
+    """Child-process body: wait at the barrier, then claim ``job_ids`` chunk by chunk, each chunk
+    in its own transaction; return what this process won."""
+    from storage.db import make_engine
+    from storage.jobs import claim_jobs
+
+    engine = make_engine(url)
+    won: list[str] = []
+    try:
+        start.wait()  # type: ignore[attr-defined]
+        for begin in range(0, len(job_ids), chunk):
+            with session_scope(engine) as session:
+                won += claim_jobs(
+                    session,
+                    job_ids[begin : begin + chunk],
+                    worker=worker,
+                    batch_id=f"{worker}-{begin}",
+                    batch_size=chunk,
+                )
+    finally:
+        engine.dispose()
+    return won
+
+
+def produce(url: str, submissions: int, jobs_each: int, start: object) -> int:
+    """Child-process body: insert submissions one transaction at a time, like a producer."""
+    from storage.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        start.wait()  # type: ignore[attr-defined]
+        for _ in range(submissions):
+            add_submission(engine, jobs_each)
+    finally:
+        engine.dispose()
+    return submissions * jobs_each
+
+
+def work(url: str, expected: int, start: object, deadline_s: float = 60.0) -> int:
+    """Child-process body: claim and finish queued jobs until ``expected`` are done, like a worker."""
+    import time
+
+    from storage.db import make_engine
+    from storage.jobs import JobResult, claim_jobs, mark_succeeded
+    from storage.models import JobStatus
+    from storage.queries import list_jobs_by_status
+
+    engine = make_engine(url)
+    done = 0
+    give_up = time.monotonic() + deadline_s
+    try:
+        start.wait()  # type: ignore[attr-defined]
+        while done < expected and time.monotonic() < give_up:
+            with session_scope(engine) as session:
+                queued = [job.id for job in list_jobs_by_status(session, JobStatus.QUEUED, limit=16)]
+                claimed = claim_jobs(session, queued, worker="w", batch_id="b", batch_size=16)
+            with session_scope(engine) as session:
+                for job_id in claimed:
+                    result = JobResult(f"file:///{job_id}.png", 1, "0" * 64, 0.0, 0.0, 0.0)
+                    done += mark_succeeded(session, job_id, result)
+    finally:
+        engine.dispose()
+    return done

@@ -245,7 +245,9 @@ def apply(engine: Engine, job_id: str, operation: str) -> bool:
 
 
 @pytest.mark.parametrize("migrated_db_url", ["sqlite"], indirect=True)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(operations=st.lists(st.sampled_from(OPERATIONS), max_size=12))
 def test_any_sequence_of_messages_follows_the_state_machine(
     engine: Engine, operations: list[str]

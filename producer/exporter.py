@@ -1,0 +1,320 @@
+"""The fleet exporter behind ``loopfree metrics``: job counts, the scaling signal, broker queue
+depths and measured worker throughput, as Prometheus gauges.
+
+A background loop reads the database and the broker every ``interval`` seconds into a
+``FleetSnapshot``; scrapes serve the latest snapshot. So the database sees one set of queries per
+interval however many Prometheus servers and probes scrape, and a broker that hangs delays the
+next refresh, never a scrape.
+
+What is exported (all gauges):
+
+* ``loopfree_jobs{model,status}``: jobs by status per model, every status present (0 when none).
+* ``loopfree_pending_jobs{model}``: queued + running jobs, the scaling signal (see docs/fleet.md).
+  Every model with a job in the database gets a series, 0 when idle, so KEDA reads 0, not "no data".
+* ``loopfree_queue_depth{queue}``: messages waiting in each model's broker queue; with the broker
+  down, ``loopfree_broker_up`` is 0 and this is left out.
+* ``loopfree_worker_throughput_images_per_second{model}``: the median worker's measured rate (see
+  ``producer.fleet``), with ``loopfree_throughput_workers{model}`` saying over how many workers.
+* ``loopfree_database_up``, ``loopfree_broker_up``, ``loopfree_exporter_refresh_seconds`` and
+  ``loopfree_exporter_refresh_timestamp_seconds``. With the database down, the job gauges are left
+  out rather than repeated stale (Prometheus' advice for exporters).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from loopfree.errors import LoopfreeError
+from loopfree.queue import queue_depths
+from producer.fleet import BatchSpan, Throughput, summarize_throughput
+from storage.db import session_scope
+from storage.models import Job, JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_S = 5.0
+"""Seconds between refreshes: a third of Prometheus' and KEDA's usual 15 s, so every scrape sees a
+value at most a few seconds old, at the cost of two GROUP BY queries per interval."""
+
+THROUGHPUT_SAMPLE_JOBS = 2_000
+"""Most recent succeeded jobs per model that throughput is measured from: about 125 batches of 16,
+enough for a steady median per worker, a few hundred rows after grouping by batch."""
+
+THROUGHPUT_LOOKBACK_S = 24 * 3600.0
+"""How far back those jobs may lie. Busy-time rates do not decay with idle time, so a model that
+scaled to zero overnight sizes its first burst from yesterday's workers instead of from nothing."""
+
+PENDING_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+# -- reads --------------------------------------------------------------------------------------
+
+
+def count_jobs_by_model(session: Session) -> dict[str, dict[JobStatus, int]]:
+    """Jobs per model and status, every status present. One GROUP BY over ``(model, status)``."""
+    counts: dict[str, dict[JobStatus, int]] = {}
+    statement = select(Job.model, Job.status, func.count()).group_by(Job.model, Job.status)
+    for model, status, count in session.execute(statement):
+        counts.setdefault(model, dict.fromkeys(JobStatus, 0))[JobStatus(status)] = count
+    return counts
+
+
+def count_pending(session: Session, model: str) -> int:
+    """Queued + running jobs of one model (the ``ix_jobs_model_status`` index answers it)."""
+    statement = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.model == model, Job.status.in_(PENDING_STATUSES))
+    )
+    return session.scalar(statement) or 0
+
+
+def recent_batches(
+    session: Session,
+    model: str,
+    *,
+    sample_jobs: int = THROUGHPUT_SAMPLE_JOBS,
+    lookback_s: float = THROUGHPUT_LOOKBACK_S,
+    now: datetime | None = None,
+) -> list[BatchSpan]:
+    """The batches of ``model``'s last ``sample_jobs`` succeeded jobs (finished within
+    ``lookback_s``), one row per worker and batch: claimed at, last result at, jobs."""
+    since = (now or utcnow()) - timedelta(seconds=lookback_s)
+    recent = (
+        select(Job.worker, Job.batch_id, Job.started_at, Job.finished_at)
+        .where(
+            Job.finished_at >= since,
+            Job.status == JobStatus.SUCCEEDED,
+            Job.model == model,
+            Job.worker.is_not(None),
+            Job.started_at.is_not(None),
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(sample_jobs)
+        .subquery()
+    )
+    statement = select(
+        recent.c.worker,
+        func.min(recent.c.started_at),
+        func.max(recent.c.finished_at),
+        func.count(),
+    ).group_by(recent.c.worker, recent.c.batch_id)
+    return [
+        BatchSpan(worker=worker, start=start, end=end, jobs=jobs)
+        for worker, start, end, jobs in session.execute(statement)
+    ]
+
+
+def measure_throughput(
+    session: Session,
+    model: str,
+    *,
+    sample_jobs: int = THROUGHPUT_SAMPLE_JOBS,
+    lookback_s: float = THROUGHPUT_LOOKBACK_S,
+    now: datetime | None = None,
+) -> Throughput:
+    """The median per-worker rate of ``model`` over its recent batches (``producer.fleet``)."""
+    batches = recent_batches(
+        session, model, sample_jobs=sample_jobs, lookback_s=lookback_s, now=now
+    )
+    return summarize_throughput(batches)
+
+
+# -- one snapshot -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """Everything the exporter serves, read at one moment."""
+
+    taken_at: float  # Unix time
+    refresh_s: float
+    database_up: bool
+    jobs: dict[str, dict[JobStatus, int]] = field(default_factory=dict)
+    throughput: dict[str, Throughput] = field(default_factory=dict)
+    broker_up: bool | None = None  # None: no broker was asked
+    queue_depths: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> dict[str, int]:
+        """Queued + running jobs per model."""
+        return {
+            model: sum(counts[status] for status in PENDING_STATUSES)
+            for model, counts in self.jobs.items()
+        }
+
+
+def collect_fleet_metrics(
+    engine: Engine,
+    app: Celery | None,
+    *,
+    models: Sequence[str] = (),
+    now: datetime | None = None,
+) -> FleetSnapshot:
+    """Read the database (and the broker, given a Celery ``app``) into a snapshot.
+
+    ``models`` are reported even with no jobs at all (e.g. the model this deployment serves, on
+    an empty database). A database or broker that cannot be read is reported as down, not raised.
+    """
+    started = time.perf_counter()
+    jobs: dict[str, dict[JobStatus, int]] = {}
+    throughput: dict[str, Throughput] = {}
+    try:
+        with session_scope(engine) as session:
+            jobs = count_jobs_by_model(session)
+            for model in models:
+                jobs.setdefault(model, dict.fromkeys(JobStatus, 0))
+            for model in jobs:
+                throughput[model] = measure_throughput(session, model, now=now)
+        database_up = True
+    except LoopfreeError as error:  # DatabaseUnavailable, SchemaMissing, DatabaseMisconfigured
+        log.warning("cannot read the database: %s", error)
+        jobs, throughput, database_up = {}, {}, False
+
+    broker_up: bool | None = None
+    depths: dict[str, int] = {}
+    if app is not None:
+        broker_up, depths = _read_queue_depths(app, sorted(set(jobs) | set(models)))
+    return FleetSnapshot(
+        taken_at=time.time(),
+        refresh_s=time.perf_counter() - started,
+        database_up=database_up,
+        jobs=jobs,
+        throughput=throughput,
+        broker_up=broker_up,
+        queue_depths=depths,
+    )
+
+
+def _read_queue_depths(app: Celery, models: Sequence[str]) -> tuple[bool, dict[str, int]]:
+    connection = app.connection_for_read()
+    failures = (KombuOperationalError, OSError, *connection.connection_errors)
+    connection.release()
+    try:
+        return True, queue_depths(app, models)
+    except failures as error:
+        log.warning("cannot read queue depths from the broker: %s", error)
+        return False, {}
+
+
+# -- Prometheus ---------------------------------------------------------------------------------
+
+
+def metric_families(snapshot: FleetSnapshot) -> list[Metric]:
+    """The snapshot as Prometheus gauge families."""
+    families: list[Metric] = [
+        _gauge("loopfree_database_up", "1 if the database was read", snapshot.database_up),
+        _gauge("loopfree_exporter_refresh_seconds", "Last refresh's duration", snapshot.refresh_s),
+        _gauge("loopfree_exporter_refresh_timestamp_seconds", "Last refresh", snapshot.taken_at),
+    ]
+    if snapshot.broker_up is not None:
+        families.append(
+            _gauge("loopfree_broker_up", "1 if the broker's queues were read", snapshot.broker_up)
+        )
+        depth = GaugeMetricFamily(
+            "loopfree_queue_depth", "Messages waiting in the broker queue", labels=["queue"]
+        )
+        for queue, messages in sorted(snapshot.queue_depths.items()):
+            depth.add_metric([queue], messages)
+        families.append(depth)
+    if not snapshot.database_up:
+        return families
+
+    jobs = GaugeMetricFamily("loopfree_jobs", "Jobs by status", labels=["model", "status"])
+    pending = GaugeMetricFamily(
+        "loopfree_pending_jobs", "Queued + running jobs: the scaling signal", labels=["model"]
+    )
+    rate = GaugeMetricFamily(
+        "loopfree_worker_throughput_images_per_second",
+        "Median worker's images per busy second, over its recent batches",
+        labels=["model"],
+    )
+    workers = GaugeMetricFamily(
+        "loopfree_throughput_workers", "Workers the throughput was measured from", labels=["model"]
+    )
+    pending_by_model = snapshot.pending
+    for model in sorted(snapshot.jobs):
+        for status in JobStatus:
+            jobs.add_metric([model, status.value], snapshot.jobs[model][status])
+        pending.add_metric([model], pending_by_model[model])
+        measured = snapshot.throughput.get(model)
+        workers.add_metric([model], measured.workers if measured else 0)
+        if measured is not None and measured.per_worker_images_per_s is not None:
+            rate.add_metric([model], measured.per_worker_images_per_s)
+    families += [jobs, pending, rate, workers]
+    return families
+
+
+def _gauge(name: str, documentation: str, value: float | bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))
+
+
+class FleetCollector(Collector):
+    """A Prometheus collector serving the latest snapshot; ``refresh()`` takes a new one."""
+
+    def __init__(self, engine: Engine, app: Celery | None, *, models: Sequence[str] = ()) -> None:
+        self.engine = engine
+        self.app = app
+        self.models = tuple(models)
+        self._lock = threading.Lock()
+        self._snapshot: FleetSnapshot | None = None
+
+    def refresh(self) -> FleetSnapshot:
+        snapshot = collect_fleet_metrics(self.engine, self.app, models=self.models)
+        with self._lock:
+            self._snapshot = snapshot
+        return snapshot
+
+    @property
+    def snapshot(self) -> FleetSnapshot | None:
+        with self._lock:
+            return self._snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot
+        if snapshot is not None:
+            yield from metric_families(snapshot)
+
+
+def render(collector: Collector) -> str:
+    """The Prometheus text format of a collector: what a scrape of it returns."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def serve(
+    collector: FleetCollector,
+    *,
+    port: int,
+    address: str = "0.0.0.0",
+    interval_s: float = DEFAULT_INTERVAL_S,
+    stop: threading.Event,
+) -> None:
+    """Refresh, serve ``/metrics`` on ``address:port``, refresh every ``interval_s`` until
+    ``stop`` is set, then close the server."""
+    collector.refresh()  # the first scrape already has numbers
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, thread = start_http_server(port, addr=address, registry=registry)
+    log.info("serving fleet metrics on %s:%d every %.1f s", address, server.server_port, interval_s)
+    try:
+        while not stop.wait(interval_s):
+            collector.refresh()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

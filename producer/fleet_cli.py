@@ -1,0 +1,108 @@
+"""Fleet commands: ``metrics`` (the Prometheus exporter KEDA scales on) and ``scale`` (the worker
+count for one model, for autoscalers without Kubernetes). Neither imports torch."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from loopfree.settings import get_settings
+
+DEFAULT_TARGET_S = 300.0
+"""Seconds a backlog may take to drain by default: five minutes keeps a burst of a few thousand
+jobs to a handful of GPUs while a cold start (about a minute) stays a fraction of the wait."""
+
+
+def metrics(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to serve /metrics on.")] = 9500,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between reads of the database and broker.")
+    ] = 5.0,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Report this model even with no jobs (repeatable; default: LOOPFREE_MODEL)."
+        ),
+    ] = None,
+) -> None:
+    """Serve job counts, pending jobs per model (the scaling signal), queue depths and measured
+    worker throughput for Prometheus. Runs until SIGTERM or Ctrl-C."""
+    import logging
+    import signal
+    import threading
+
+    from loopfree.modelinfo import canonical_model
+    from loopfree.queue import make_celery
+    from producer.exporter import FleetCollector, serve
+    from storage.db import make_engine
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    models = [canonical_model(name) for name in (model or [settings.model])]
+    engine = make_engine(settings.resolved_database_url)
+    collector = FleetCollector(engine, make_celery(settings), models=models)
+    stop = threading.Event()
+    # SIGTERM (docker stop, a pod being replaced) ends the loop like Ctrl-C, with a clean exit.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    try:
+        serve(collector, port=port, address=address, interval_s=interval, stop=stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.dispose()
+
+
+def scale(
+    model: Annotated[
+        str | None, typer.Option(help="The model whose workers to size (default: LOOPFREE_MODEL).")
+    ] = None,
+    target_seconds: Annotated[
+        float, typer.Option(min=1.0, help="Drain the pending jobs within this many seconds.")
+    ] = DEFAULT_TARGET_S,
+    min_workers: Annotated[int, typer.Option(min=0, help="Never recommend fewer.")] = 0,
+    max_workers: Annotated[int | None, typer.Option(min=0, help="Never recommend more.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the reasoning as JSON.")] = False,
+) -> None:
+    """Print how many workers drain MODEL's queued and running jobs within --target-seconds, at
+    the rate its workers were measured to work. Prints just the number unless --json."""
+    from loopfree.modelinfo import canonical_model
+    from producer.exporter import count_pending, measure_throughput
+    from producer.fleet import plan_scale
+    from storage.db import make_engine, session_scope
+
+    if max_workers is not None and max_workers < min_workers:
+        raise typer.BadParameter(
+            f"--max-workers {max_workers} is below --min-workers {min_workers}",
+            param_hint="--max-workers",
+        )
+    settings = get_settings()
+    name = canonical_model(model or settings.model)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(engine) as session:
+            pending = count_pending(session, name)
+            throughput = measure_throughput(session, name)
+    finally:
+        engine.dispose()
+    plan = plan_scale(
+        name,
+        pending,
+        throughput,
+        target_seconds,
+        min_workers=min_workers,
+        max_workers=max_workers,
+    )
+    if json_:
+        typer.echo(json.dumps(plan.to_json(), indent=2))
+        return
+    # The number alone on stdout, so `N=$(loopfree scale --model M)` works; the why on stderr.
+    typer.echo(plan.recommended_workers)
+    typer.echo(plan.reason, err=True)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (metrics, scale):
+        app.command()(command)

@@ -1,0 +1,247 @@
+"""The whole system with real parts: Redis broker, PostgreSQL, an S3 endpoint over HTTP, and a real
+``loopfree worker`` process rendering with a tiny random-weight model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from loopfree.errors import UserError
+from loopfree.queue import queue_name
+from loopfree.settings import Settings
+from producer.prompts import JobDefaults, PromptFileError
+from producer.status import cancel, list_jobs, wait_for
+from producer.submit import submit_file
+from storage.db import make_engine, session_scope
+from storage.models import Job, Submission
+from storage.objects import open_store
+from tests.conftest import free_port
+from worker.models import load_model
+from worker.sampler import TiUESampler
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def fleet_env(tmp_path, migrated_pg_url, redis_url, s3_server, s3_env, queue_model_dir):
+    """LOOPFREE_* variables pointing at the real services, as a deployment would set them."""
+    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+    open_store(f"s3://{bucket}", endpoint_url=s3_server, region="us-east-1").ensure_bucket()
+    return {
+        "LOOPFREE_HOME": str(tmp_path / "home"),
+        "LOOPFREE_DATABASE_URL": migrated_pg_url,
+        "LOOPFREE_BROKER_URL": redis_url,
+        "LOOPFREE_STORAGE_URL": f"s3://{bucket}/images",
+        "LOOPFREE_S3_ENDPOINT_URL": s3_server,
+        "LOOPFREE_S3_REGION": "us-east-1",
+        "LOOPFREE_MODEL": str(queue_model_dir),
+        "LOOPFREE_MAX_WAIT_MS": "50",
+        "LOOPFREE_METRICS_PORT": str(free_port()),
+        "LOOPFREE_DEVICE": "cpu",
+    }
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class WorkerProcess:
+    """A real ``loopfree worker`` child process."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "loopfree.cli", "worker", "--loglevel", "INFO"],
+            env={**os.environ, **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"worker ignored SIGTERM; log:\n{self.log.read_text()[-3000:]}")
+
+
+def write_jsonl(path: Path, count: int) -> Path:
+    lines = []
+    for i in range(count):
+        size = 80 if i % 5 == 0 else 64
+        lines.append(
+            json.dumps({"prompt": f"prompt number {i % 37}", "height": size, "width": size})
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_few_hundred_prompts_become_stored_images_equal_to_local_generation(
+    tmp_path, fleet_env, queue_model_dir
+):
+    settings = settings_from(fleet_env)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", 240)
+    report = submit_file(settings, prompts, JobDefaults(model=settings.model, seed_base=100))
+    assert report.jobs == 240 and report.published == 240
+
+    worker = WorkerProcess(fleet_env, tmp_path / "worker.log")
+    try:
+        assert wait_for(settings, report.submission_id, poll_s=0.5, timeout_s=300)
+        metrics = (
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{fleet_env['LOOPFREE_METRICS_PORT']}/metrics", timeout=5
+            )
+            .read()
+            .decode()
+        )
+    finally:
+        assert worker.stop() == 0
+
+    engine = make_engine(settings.resolved_database_url)
+    records = list(list_jobs(engine, submission_id=report.submission_id, status=None, limit=None))
+    assert [r["status"] for r in records] == ["succeeded"] * 240
+    store = open_store(
+        settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url, region="us-east-1"
+    )
+    assert len(list(store.list_keys(report.submission_id))) == 240  # one object per job, no extras
+
+    sampler = TiUESampler(load_model(str(queue_model_dir), device="cpu"))
+    batch_sizes = set()
+    for record in records:
+        data = store.get(record["image_uri"])
+        assert record["image_bytes"] == len(data)
+        image = Image.open(io.BytesIO(data))
+        assert image.format == "PNG"
+        assert image.size == (record["width"], record["height"])
+        batch_sizes.add(record["batch_size"])
+        if record["position"] % 6 == 0:  # 40 of them, rendered alone, must match
+            alone, _ = sampler.generate(
+                [record["prompt"]], [record["seed"]], record["height"], record["width"]
+            )
+            pixels = np.asarray(image.convert("RGB")).astype(int)
+            assert np.abs(pixels - alone.images[0].numpy().astype(int)).max() <= 1
+    assert max(batch_sizes) > 1  # jobs from one submission were batched together
+
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    images_total = sum(v for k, v in samples.items() if k.startswith("loopfree_images_total"))
+    assert images_total == 240
+    assert samples["loopfree_model_load_seconds"] > 0
+
+
+def test_a_bad_file_is_refused_with_line_numbers_and_nothing_is_queued(tmp_path, fleet_env):
+    settings = settings_from(fleet_env)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"prompt": "fine"}\n{"prompt": ""}\n{"prompt": "x", "height": 500}\nnot json\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(PromptFileError) as refused:
+        submit_file(settings, bad, JobDefaults(model=settings.model))
+    message = str(refused.value)
+    for line in ("line 2", "line 3", "line 4"):
+        assert line in message
+    client = redis.Redis.from_url(fleet_env["LOOPFREE_BROKER_URL"])
+    assert client.llen(queue_name(settings.model)) == 0
+    with session_scope(make_engine(settings.resolved_database_url)) as session:
+        assert session.query(Submission).count() == 0 and session.query(Job).count() == 0
+
+
+def test_a_cancelled_job_is_never_generated(tmp_path, fleet_env):
+    settings = settings_from(fleet_env)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", 6)
+    report = submit_file(settings, prompts, JobDefaults(model=settings.model, seed_base=1))
+    engine = make_engine(settings.resolved_database_url)
+    victim = next(iter(list_jobs(engine, submission_id=report.submission_id, status=None, limit=1)))
+    assert cancel(engine, victim["id"]) == 1
+    worker = WorkerProcess(fleet_env, tmp_path / "worker.log")
+    try:
+        wait_for(settings, report.submission_id, timeout_s=120)
+    finally:
+        worker.stop()
+    records = {
+        r["id"]: r
+        for r in list_jobs(engine, submission_id=report.submission_id, status=None, limit=None)
+    }
+    assert records[victim["id"]]["status"] == "cancelled"
+    assert records[victim["id"]]["image_uri"] is None and records[victim["id"]]["attempts"] == 0
+    assert sum(r["status"] == "succeeded" for r in records.values()) == 5
+    store = open_store(
+        settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url, region="us-east-1"
+    )
+    assert not store.exists(store.key_for(report.submission_id, victim["id"]))
+
+
+def test_submitting_the_same_file_twice_returns_the_same_submission_without_new_jobs(
+    tmp_path, fleet_env
+):
+    settings = settings_from(fleet_env)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", 10)
+    first = submit_file(settings, prompts, JobDefaults(model=settings.model, seed_base=1))
+    second = submit_file(settings, prompts, JobDefaults(model=settings.model, seed_base=1))
+    assert second.submission_id == first.submission_id
+    assert (first.created, second.created) == (True, False)
+    assert second.inserted == 0
+    with session_scope(make_engine(settings.resolved_database_url)) as session:
+        assert session.query(Job).count() == 10
+
+
+def test_submit_while_the_broker_is_down_fails_cleanly_and_records_nothing(tmp_path, fleet_env):
+    env = {**fleet_env, "LOOPFREE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    settings = settings_from(env)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", 3)
+    with pytest.raises(UserError.__base__) as refused:  # BrokerUnavailable is a LoopfreeError
+        submit_file(settings, prompts, JobDefaults(model=settings.model))
+    assert "broker" in str(refused.value) and "nothing was submitted" in str(refused.value)
+    with session_scope(make_engine(settings.resolved_database_url)) as session:
+        assert session.query(Job).count() == 0
+
+
+def test_the_embedded_defaults_run_a_file_end_to_end_with_one_command(tmp_path, queue_model_dir):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na blue whale\n\na green forest\n", encoding="utf-8")
+    env = {**os.environ, "LOOPFREE_HOME": str(tmp_path / "home")}
+    env = {k: v for k, v in env.items() if not k.startswith("LOOPFREE_") or k == "LOOPFREE_HOME"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loopfree.cli",
+            "run",
+            str(prompts),
+            "--model",
+            str(queue_model_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = list((tmp_path / "home" / "outputs").rglob("*.png"))
+    assert len(outputs) == 3
+    assert all(Image.open(path).size == (64, 64) for path in outputs)
+    assert "images: file://" in done.stdout

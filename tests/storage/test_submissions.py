@@ -1,0 +1,206 @@
+"""Submissions, bulk inserts and read queries. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from storage import jobs as job_store
+from storage.db import session_scope
+from storage.models import MAX_SEED, PRIORITY_HIGH, JobStatus, utcnow
+from storage.queries import (
+    count_by_status,
+    find_stale_queued,
+    find_stuck_running,
+    get_job,
+    iter_submission_jobs,
+    list_jobs_by_status,
+)
+from storage.submissions import (
+    NewJob,
+    create_submission,
+    get_submission,
+    insert_jobs,
+    job_id_for,
+    job_ids_of,
+    mark_submission_finished,
+    mark_webhook_sent,
+)
+
+from .helpers import add_submission, new_jobs
+
+
+def test_job_ids_are_uuid5_of_submission_and_position() -> None:
+    namespace = uuid.UUID("5b0c7d8e-3f4a-4c1e-9a57-6f0e2d1b8c33")
+    submission_id = str(uuid.uuid4())
+    for position in (0, 1, 99_999):
+        expected = uuid.uuid5(namespace, f"{submission_id}/{position}")
+        assert job_id_for(submission_id, position) == str(expected)
+
+
+def test_every_field_of_a_job_round_trips(engine: Engine) -> None:
+    job = NewJob(
+        position=0,
+        line_number=7,
+        prompt='a lighthouse at dusk, "quoted", tab\there, newline\nthere, back\\slash',
+        seed=MAX_SEED,
+        height=768,
+        width=512,
+        steps=8,
+        model="org/model",
+        priority=PRIORITY_HIGH,
+        prompt_truncated=True,
+        metadata={"user": "ada", "tags": ["a", "b"], "n": 1.5},
+    )
+    with session_scope(engine) as session:
+        ref = create_submission(session, source="in.jsonl", defaults={"steps": 8}, job_count=1)
+        assert insert_jobs(session, ref.id, [job], skip_existing=False) == 1
+    with session_scope(engine) as session:
+        stored = get_job(session, job_id_for(ref.id, 0))
+        assert stored is not None
+        assert (stored.prompt, stored.seed, stored.height, stored.width, stored.steps) == (
+            job.prompt,
+            MAX_SEED,
+            768,
+            512,
+            8,
+        )
+        assert (stored.model, stored.priority, stored.prompt_truncated) == ("org/model", 9, True)
+        assert stored.caller_metadata == {"user": "ada", "tags": ["a", "b"], "n": 1.5}
+        assert (stored.status, stored.attempts, stored.line_number) == (JobStatus.QUEUED, 0, 7)
+        assert stored.created_at.tzinfo is not None
+        submission = get_submission(session, ref.id)
+        assert submission is not None
+        assert (submission.source, submission.defaults, submission.job_count) == (
+            "in.jsonl",
+            {"steps": 8},
+            1,
+        )
+
+
+def test_resubmitting_with_the_same_idempotency_key_returns_the_first_submission(
+    engine: Engine,
+) -> None:
+    with session_scope(engine) as session:
+        first = create_submission(
+            session, source="a.txt", defaults={}, job_count=3, idempotency_key="nightly-42"
+        )
+    with session_scope(engine) as session:
+        again = create_submission(
+            session, source="a.txt", defaults={}, job_count=3, idempotency_key="nightly-42"
+        )
+        other = create_submission(
+            session, source="a.txt", defaults={}, job_count=3, idempotency_key="nightly-43"
+        )
+    assert first.created and not again.created and other.created
+    assert again.id == first.id != other.id
+
+
+def test_resuming_an_insert_skips_the_positions_already_stored(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        ref = create_submission(session, source="a.txt", defaults={}, job_count=100)
+        assert insert_jobs(session, ref.id, new_jobs(60), skip_existing=False) == 60
+    with session_scope(engine) as session:
+        inserted = insert_jobs(session, ref.id, iter(new_jobs(100)))  # a generator is fine
+        assert inserted == 40
+        assert job_ids_of(session, ref.id) == [job_id_for(ref.id, p) for p in range(100)]
+        assert count_by_status(session, submission_id=ref.id)[JobStatus.QUEUED] == 100
+
+
+def test_inserting_a_stored_position_without_skip_existing_is_an_integrity_error(
+    engine: Engine,
+) -> None:
+    submission_id, _ = add_submission(engine, 3)
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        insert_jobs(session, submission_id, new_jobs(1, start=2), skip_existing=False)
+
+
+def test_a_negative_seed_is_refused_by_the_database(engine: Engine) -> None:
+    bad = NewJob(position=0, line_number=1, prompt="x", seed=-1, height=8, width=8, steps=1,
+                 model="m")  # fmt: skip
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        ref = create_submission(session, source="a.txt", defaults={}, job_count=1)
+        insert_jobs(session, ref.id, [bad])
+
+
+def test_status_counts_cover_every_status_overall_and_per_submission(engine: Engine) -> None:
+    first, first_ids = add_submission(engine, 5)
+    _, second_ids = add_submission(engine, 2)
+    with session_scope(engine) as session:
+        job_store.claim_jobs(session, first_ids[:2], worker="w", batch_id="b", batch_size=2)
+        job_store.cancel_queued(session, job_ids=second_ids[:1])
+    with session_scope(engine) as session:
+        overall = count_by_status(session)
+        mine = count_by_status(session, submission_id=first)
+    assert overall == {
+        JobStatus.QUEUED: 4,
+        JobStatus.RUNNING: 2,
+        JobStatus.SUCCEEDED: 0,
+        JobStatus.FAILED: 0,
+        JobStatus.CANCELLED: 1,
+    }
+    assert (mine[JobStatus.QUEUED], mine[JobStatus.RUNNING], mine[JobStatus.CANCELLED]) == (3, 2, 0)
+
+
+def test_pages_of_a_submission_hold_every_job_once_in_position_order(engine: Engine) -> None:
+    submission_id, ids = add_submission(engine, 50)
+    add_submission(engine, 5)  # another submission's jobs must not leak in
+    with session_scope(engine) as session:
+        pages = list(iter_submission_jobs(session, submission_id, page_size=7))
+    assert [len(page) for page in pages] == [7] * 7 + [1]
+    assert [job.id for page in pages for job in page] == ids
+
+
+def test_jobs_by_status_come_in_pages_ordered_by_id(engine: Engine) -> None:
+    _, ids = add_submission(engine, 9)
+    with session_scope(engine) as session:
+        job_store.cancel_queued(session, job_ids=ids[:4])
+    seen: list[str] = []
+    after = None
+    with session_scope(engine) as session:
+        while page := list_jobs_by_status(session, JobStatus.QUEUED, after_id=after, limit=2):
+            seen.extend(job.id for job in page)
+            after = page[-1].id
+    assert seen == sorted(ids[4:])
+
+
+def test_stuck_running_and_stale_queued_jobs_are_found_by_age(engine: Engine) -> None:
+    now = utcnow()
+    _, old_ids = add_submission(engine, 3, now=now - timedelta(hours=2))
+    _, new_ids = add_submission(engine, 2, now=now)
+    with session_scope(engine) as session:
+        job_store.claim_jobs(
+            session, old_ids[:2], worker="dead", batch_id="b", batch_size=2,
+            now=now - timedelta(minutes=30),
+        )  # fmt: skip
+        job_store.claim_jobs(session, new_ids[:1], worker="alive", batch_id="c", batch_size=1)
+    cutoff = now - timedelta(minutes=5)
+    with session_scope(engine) as session:
+        stuck = find_stuck_running(session, heartbeat_before=cutoff)
+        stale = find_stale_queued(session, created_before=cutoff)
+    assert sorted(job.id for job in stuck) == sorted(old_ids[:2])
+    assert [job.id for job in stale] == [old_ids[2]]
+
+
+def test_a_submission_finishes_once_no_job_is_open_and_its_webhook_is_sent_once(
+    engine: Engine,
+) -> None:
+    submission_id, ids = add_submission(engine, 2)
+    with session_scope(engine) as session:
+        job_store.claim_jobs(session, ids, worker="w", batch_id="b", batch_size=2)
+        job_store.mark_failed(session, ids[0], "boom")
+        assert mark_submission_finished(session, submission_id) is False  # ids[1] still running
+        assert mark_webhook_sent(session, submission_id) is False  # not finished yet
+        job_store.mark_failed(session, ids[1], "boom")
+        assert mark_submission_finished(session, submission_id) is True
+        assert mark_submission_finished(session, submission_id) is False
+    with session_scope(engine) as session:
+        assert mark_webhook_sent(session, submission_id) is True
+        assert mark_webhook_sent(session, submission_id) is False
+        submission = get_submission(session, submission_id)
+        assert submission is not None
+        assert submission.finished_at is not None and submission.webhook_sent_at is not None
