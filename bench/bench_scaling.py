@@ -62,6 +62,8 @@ class Scenario:
     measured_at_start: bool = False  # a measurement from earlier runs exists at t = 0
     target_s: float = 300.0
     headroom_s: float = 0.0  # the controller sizes for target_s - headroom_s
+    # Size for the time the oldest pending job has left: target - headroom - its age so far.
+    deadline_aware: bool = False
     startup_s: float = 60.0
     eval_s: float = 15.0
     max_workers: int | None = None
@@ -126,9 +128,10 @@ def simulate(
         if step % eval_every == 0:
             pending = math.ceil(queued - 1e-9)
             rate = s.rate * s.measured_factor if measured else None
-            want = recommend_workers(
-                pending, rate, s.target_s - s.headroom_s, max_workers=s.max_workers
-            )
+            budget = s.target_s - s.headroom_s
+            if s.deadline_aware and queue:
+                budget = max(s.eval_s, budget - (t - queue[0][0]))
+            want = recommend_workers(pending, rate, budget, max_workers=s.max_workers)
             fleet.act(t, want, pending)
 
         capacity = fleet.serving(t) * s.rate * s.dt
@@ -148,8 +151,9 @@ def simulate(
         worker_s += workers * s.dt
         if queued <= 1e-9:
             idle_worker_s += workers * s.dt
-            quiet_s += s.dt
-            quiet_zero_s += s.dt if workers == 0 else 0.0
+            if arrived == 0:  # quiet: nothing waiting and nothing arriving
+                quiet_s += s.dt
+                quiet_zero_s += s.dt if workers == 0 else 0.0
 
     total = sum(arrival.jobs for arrival in arrivals)
     min_worker_s = total / s.rate
@@ -251,6 +255,9 @@ SCENARIOS = (
     Scenario("direct, every 15 s", policy="direct"),
     Scenario("direct, every 60 s (cron)", policy="direct", eval_s=60.0),
     Scenario("direct, every 60 s, headroom 120 s", policy="direct", eval_s=60.0, headroom_s=120.0),
+    Scenario(
+        "direct, every 15 s, deadline-aware", policy="direct", headroom_s=60.0, deadline_aware=True
+    ),
 )
 
 

@@ -10,6 +10,7 @@ Environment overrides: ``LOOPFREE_TEST_PG_ADMIN_URL`` (a database to run CREATE 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -187,6 +188,7 @@ def s3_server(s3_env: dict[str, str]) -> Iterator[str]:
     """A moto S3 server on a free loopback port for the whole session; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in test output
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

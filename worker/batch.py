@@ -22,6 +22,7 @@ import torch
 
 from loopfree.errors import InvalidJob, LoopfreeError, RetryableError
 from loopfree.jobspec import validate_job
+from loopfree.webhooks import post_summary
 from storage import jobs as job_store
 from storage.db import session_scope
 from storage.models import Job
@@ -288,11 +289,29 @@ class BatchRunner:
             session.execute(update(Job).where(Job.id.in_(job_ids)).values(prompt_truncated=True))
 
     def finish_submissions(self, submission_ids: set[str]) -> None:
-        from storage.submissions import mark_submission_finished
+        """Mark submissions with no open job finished; the one call that does sends the webhook."""
+        from storage.queries import count_by_status
+        from storage.submissions import get_submission, mark_submission_finished, mark_webhook_sent
 
+        summaries = []
         with session_scope(self.engine) as session:
             for submission_id in submission_ids:
-                mark_submission_finished(session, submission_id)
+                if not mark_submission_finished(session, submission_id):
+                    continue
+                submission = get_submission(session, submission_id)
+                if submission.webhook_url and mark_webhook_sent(session, submission_id):
+                    counts = count_by_status(session, submission_id=submission_id)
+                    summary = {
+                        "submission_id": submission_id,
+                        "source": submission.source,
+                        "jobs": submission.job_count,
+                        "counts": {status.value: n for status, n in counts.items()},
+                        "finished_at": submission.finished_at.isoformat(),
+                    }
+                    summaries.append((submission.webhook_url, summary))
+        for url, summary in summaries:
+            # Off the batch's thread: a slow receiver must not hold up acks or the GPU.
+            self.uploads.submit(post_summary, url, summary)
 
 
 def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:

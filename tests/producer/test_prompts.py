@@ -51,7 +51,7 @@ def jsonl(*rows: dict) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-# ---- formats ----------------------------------------------------------------------------------
+# ---- formats ------------------------------------------------------------------------------------
 
 
 def test_txt_gives_one_job_per_non_blank_line_numbered_as_in_an_editor() -> None:
@@ -365,7 +365,7 @@ def test_a_file_with_too_many_jobs_is_refused(monkeypatch) -> None:
         parse(jsonl({"prompt": "a", "num_images": 6}, {"prompt": "b", "num_images": 6}))
 
 
-# ---- seeds and num_images -------------------------------------------------------------------------
+# ---- seeds and num_images -----------------------------------------------------------------------
 
 
 def test_jobs_without_a_seed_get_seed_base_plus_their_position() -> None:
@@ -417,7 +417,7 @@ def test_a_seed_base_that_would_run_past_the_largest_seed_is_an_error() -> None:
     assert "use a smaller seed base" in bad_lines("a\nb\n", "txt", defaults=defaults)[2]
 
 
-# ---- skip_invalid ---------------------------------------------------------------------------------
+# ---- skip_invalid -------------------------------------------------------------------------------
 
 
 def test_skip_invalid_returns_the_good_jobs_and_the_skipped_lines() -> None:
@@ -437,7 +437,7 @@ def test_skip_invalid_still_fails_when_no_line_is_valid() -> None:
     assert [error.line_number for error in info.value.errors] == [1, 2]
 
 
-# ---- models and defaults ----------------------------------------------------------------------
+# ---- models and defaults ------------------------------------------------------------------------
 
 
 def test_a_model_path_outside_the_allowed_roots_is_a_line_error(tmp_path: Path) -> None:
@@ -492,7 +492,7 @@ def test_invalid_defaults_fail_once_not_on_every_line() -> None:
         parse("a\n", "txt", defaults=JobDefaults(model=MODEL, num_images=0))
 
 
-# ---- JobSpec ----------------------------------------------------------------------------------
+# ---- JobSpec ------------------------------------------------------------------------------------
 
 
 def test_job_spec_accepts_priority_names_and_stores_numbers() -> None:
@@ -539,9 +539,8 @@ def test_pydantic_errors_are_explained_without_urls() -> None:
         Options.model_validate({"batch": "many"})
 
     text = explain_validation_error(info.value)
-    assert (
-        text
-        == "batch must be a whole number, not the text 'many'; fix its value | name is missing; add it"
+    assert text == (
+        "batch must be a whole number, not the text 'many'; fix its value | name is missing; add it"
     )
     assert "errors.pydantic.dev" in str(info.value)  # what the helper exists to avoid
 

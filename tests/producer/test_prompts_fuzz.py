@@ -23,7 +23,7 @@ from producer.prompts import (
 DEFAULTS = JobDefaults(model="senmaonk/loopfree-sd1.5")
 FORMATS = st.sampled_from(["txt", "jsonl", "csv"])
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-ROUND_TRIP = settings(max_examples=80, deadline=None)
+ROUND_TRIP = settings(max_examples=50, deadline=None)
 
 # Bytes that steer the parsers into their interesting corners: quotes, separators, braces,
 # CR/LF, NUL, a BOM, broken UTF-8, numbers and field names.

@@ -136,3 +136,63 @@ def test_a_job_for_another_model_fails_with_a_reason(runtime):
     ids = add_jobs(engine, "someone/other-model", [("x", 1, 64)])
     report = runner.run(ids)
     assert report.failed == ids
+
+
+def test_a_finished_submission_posts_its_summary_to_the_webhook_once(runtime):
+    import http.server
+    import json
+    import threading
+
+    received = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    runner, engine, _, _ = runtime
+    try:
+        with session_scope(engine) as session:
+            ref = create_submission(
+                session,
+                source="hooked.txt",
+                defaults={},
+                job_count=2,
+                webhook_url=f"http://127.0.0.1:{server.server_port}/done",
+            )
+            insert_jobs(
+                session,
+                ref.id,
+                [
+                    NewJob(
+                        position=i,
+                        line_number=i + 1,
+                        prompt=f"p{i}",
+                        seed=i,
+                        height=64,
+                        width=64,
+                        steps=4,
+                        model=runner.sampler.model.name,
+                    )
+                    for i in range(2)
+                ],
+            )
+        ids = [job_id_for(ref.id, i) for i in range(2)]
+        runner.run(ids[:1])
+        assert received == []  # one job still queued: not finished
+        runner.run(ids[1:])
+        runner.run(ids)  # a duplicate delivery must not send it again
+        runner.uploads.close()
+    finally:
+        server.shutdown()
+    assert len(received) == 1
+    summary = received[0]
+    assert summary["submission_id"] == ref.id and summary["jobs"] == 2
+    assert summary["counts"]["succeeded"] == 2 and summary["source"] == "hooked.txt"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -49,12 +51,18 @@ def add_submission(
     return ref.id, [job_id_for(ref.id, position) for position in range(count)]
 
 
-def race_to_claim(url: str, job_ids: list[str], worker: str, chunk: int, start: object) -> list[str]:
-    """Child-process body: wait at the barrier, then claim ``job_ids`` chunk by chunk, each chunk
-    in its own transaction; return what this process won."""
+def race_to_claim(
+    url: str, job_ids: list[str], worker: str, chunk: int, start: object
+) -> list[str]:
+    """Child-process body: wait at the barrier, then claim all ``job_ids`` in random chunks (each
+    process shuffles differently, so both keep colliding), one transaction per chunk; return
+    what this process won."""
+    import random
+
     from storage.db import make_engine
     from storage.jobs import claim_jobs
 
+    job_ids = random.Random(worker).sample(job_ids, len(job_ids))
     engine = make_engine(url)
     won: list[str] = []
     try:
@@ -73,6 +81,36 @@ def race_to_claim(url: str, job_ids: list[str], worker: str, chunk: int, start: 
     return won
 
 
+def in_processes(*calls: tuple[Any, ...]) -> list[Any]:
+    """Run ``function(*args, barrier)`` for each ``(function, *args)`` in its own spawned process,
+    all released together by one barrier; return their results in order, or raise the first
+    child's error."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, like real processes
+    barrier = context.Barrier(len(calls))
+    results = context.Queue()
+    children = [
+        context.Process(target=_child, args=(index, call, barrier, results), daemon=True)
+        for index, call in enumerate(calls)
+    ]
+    for child in children:
+        child.start()
+    outcomes = dict(results.get(timeout=120) for _ in children)
+    for child in children:
+        child.join(timeout=10)
+    for index in range(len(calls)):
+        if isinstance(outcomes[index], BaseException):
+            raise outcomes[index]
+    return [outcomes[index] for index in range(len(calls))]
+
+
+def _child(index: int, call: tuple[Any, ...], barrier: Any, results: Any) -> None:
+    function, *args = call
+    try:
+        results.put((index, function(*args, barrier)))
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent, which re-raises it
+        results.put((index, RuntimeError(f"child {index} failed: {exc!r}")))
+
+
 def produce(url: str, submissions: int, jobs_each: int, start: object) -> int:
     """Child-process body: insert submissions one transaction at a time, like a producer."""
     from storage.db import make_engine
@@ -88,7 +126,7 @@ def produce(url: str, submissions: int, jobs_each: int, start: object) -> int:
 
 
 def work(url: str, expected: int, start: object, deadline_s: float = 60.0) -> int:
-    """Child-process body: claim and finish queued jobs until ``expected`` are done, like a worker."""
+    """Child-process body: claim and finish queued jobs until ``expected`` are done (a worker)."""
     import time
 
     from storage.db import make_engine
@@ -103,7 +141,9 @@ def work(url: str, expected: int, start: object, deadline_s: float = 60.0) -> in
         start.wait()  # type: ignore[attr-defined]
         while done < expected and time.monotonic() < give_up:
             with session_scope(engine) as session:
-                queued = [job.id for job in list_jobs_by_status(session, JobStatus.QUEUED, limit=16)]
+                queued = [
+                    job.id for job in list_jobs_by_status(session, JobStatus.QUEUED, limit=16)
+                ]
                 claimed = claim_jobs(session, queued, worker="w", batch_id="b", batch_size=16)
             with session_scope(engine) as session:
                 for job_id in claimed:

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-
 from sqlalchemy import Engine
 
-from storage.db import session_scope
+from storage.db import make_engine, session_scope
 from storage.models import JobStatus
 from storage.queries import count_by_status, load_jobs
 
-from .helpers import add_submission, produce, race_to_claim, work
-
-# "spawn": a fresh interpreter per child, as separate worker and producer processes would be
-# (forking a parent with open connections and server threads is not a realistic setup).
-SPAWN = multiprocessing.get_context("spawn")
+from .helpers import add_submission, in_processes, produce, race_to_claim, work
 
 
 def test_two_processes_racing_to_claim_the_same_jobs_claim_each_exactly_once(
     engine: Engine, migrated_db_url: str
 ) -> None:
     _, ids = add_submission(engine, 600)
-    with SPAWN.Manager() as manager, ProcessPoolExecutor(2, mp_context=SPAWN) as pool:
-        start = manager.Barrier(2)
-        # Both walk the same ids in the same order, so they collide on every chunk.
-        futures = [
-            pool.submit(race_to_claim, migrated_db_url, ids, worker, 10, start)
-            for worker in ("gpu-a", "gpu-b")
-        ]
-        won_a, won_b = (future.result(timeout=120) for future in futures)
+
+    won_a, won_b = in_processes(
+        (race_to_claim, migrated_db_url, ids, "gpu-a", 20),
+        (race_to_claim, migrated_db_url, ids, "gpu-b", 20),
+    )
 
     assert not set(won_a) & set(won_b), "a job was claimed by both processes"
     assert sorted(won_a + won_b) == sorted(ids)
@@ -41,17 +31,22 @@ def test_two_processes_racing_to_claim_the_same_jobs_claim_each_exactly_once(
 
 
 def test_a_producer_and_a_worker_in_two_processes_share_one_sqlite_file(
-    engine: Engine, migrated_sqlite_url: str
+    migrated_sqlite_url: str,
 ) -> None:
     submissions, jobs_each = 20, 50
-    with SPAWN.Manager() as manager, ProcessPoolExecutor(2, mp_context=SPAWN) as pool:
-        start = manager.Barrier(2)
-        producer = pool.submit(produce, migrated_sqlite_url, submissions, jobs_each, start)
-        worker = pool.submit(work, migrated_sqlite_url, submissions * jobs_each, start)
-        assert producer.result(timeout=120) == submissions * jobs_each
-        assert worker.result(timeout=120) == submissions * jobs_each
+    total = submissions * jobs_each
 
-    with session_scope(engine) as session:
-        counts = count_by_status(session)
-    assert counts[JobStatus.SUCCEEDED] == submissions * jobs_each
+    produced, finished = in_processes(
+        (produce, migrated_sqlite_url, submissions, jobs_each),
+        (work, migrated_sqlite_url, total),
+    )
+
+    assert (produced, finished) == (total, total)
+    engine = make_engine(migrated_sqlite_url)
+    try:
+        with session_scope(engine) as session:
+            counts = count_by_status(session)
+    finally:
+        engine.dispose()
+    assert counts[JobStatus.SUCCEEDED] == total
     assert counts[JobStatus.QUEUED] == counts[JobStatus.RUNNING] == 0
