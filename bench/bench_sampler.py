@@ -41,6 +41,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# OpenMP threads that spin while waiting for each other are catastrophic on a shared machine: when
+# another process holds one of the two cores, every parallel region waits for a descheduled thread
+# (we saw the tiny model's plain loop go from 0.3 s to 5-9 s). Sleeping waiters cost a little on an
+# idle machine and keep the ratios meaningful on a busy one. Set OMP_WAIT_POLICY=ACTIVE to compare.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
@@ -157,9 +163,7 @@ def timed(device: torch.device, fn: Callable[[], Any], inner: int = 1) -> tuple[
     return (time.perf_counter() - start) / inner, result
 
 
-def cpu_timed(
-    device: torch.device, fn: Callable[[], Any], inner: int
-) -> tuple[float, float, Any]:
+def cpu_timed(device: torch.device, fn: Callable[[], Any], inner: int) -> tuple[float, float, Any]:
     """Like ``timed``, plus this process's CPU seconds per call.
 
     On a shared machine the wall clock also counts the time other processes held the cores; the
@@ -379,13 +383,13 @@ def bench_shape(args: argparse.Namespace, shape: str, deadline: float) -> dict[s
 
     # A batch-1 repeat as warm-up, and to estimate what each later repeat costs; a second one
     # where that is cheap, because first calls (thread pools, oneDNN primitives) are slow.
-    def calibrate() -> tuple[dict[str, float], torch.Tensor, dict[str, torch.Tensor]]:
-        seconds, images, outputs = one_repeat(sampler, 1, size, TIMED_VARIANTS, 1)
+    def calibrate(s: TiUESampler) -> tuple[dict[str, float], torch.Tensor, dict[str, torch.Tensor]]:
+        seconds, images, outputs = one_repeat(s, 1, size, TIMED_VARIANTS, 1)
         return {k: v for k, v in seconds.items() if not k.endswith(":cpu")}, images, outputs
 
-    calibration, images, outputs = calibrate()
+    calibration, images, outputs = calibrate(sampler)
     if sum(calibration.values()) < 30:
-        calibration, images, outputs = calibrate()
+        calibration, images, outputs = calibrate(sampler)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     if not torch.allclose(outputs["tiue-parallel"], outputs["tiue-sequential"], atol=tolerance):
         raise AssertionError("parallel and sequential TiUE disagree: the benchmark is wrong")
@@ -509,6 +513,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

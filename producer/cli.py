@@ -91,14 +91,14 @@ def status(identifier: Annotated[str, typer.Argument(metavar="ID")]) -> None:
 
 def jobs(
     submission: Annotated[str | None, typer.Option(help="Only this submission's jobs.")] = None,
-    status_: Annotated[str | None, typer.Option("--status", help="Only jobs in this status.")] = None,
+    status_: Annotated[
+        str | None, typer.Option("--status", help="Only jobs in this status.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many.")] = None,
     format: Annotated[Format, typer.Option()] = Format.table,
 ) -> None:
     """List jobs from the database."""
-    from producer.status import list_jobs
-
-    from producer.status import engine_for
+    from producer.status import engine_for, list_jobs
     from storage.models import JobStatus
 
     if status_ is not None and status_ not in {s.value for s in JobStatus}:
@@ -191,7 +191,9 @@ def results(
     from storage.objects import open_store
 
     store = open_store(
-        settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
     )
     download.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -203,7 +205,9 @@ def results(
 
 
 def requeue(
-    stuck: Annotated[bool, typer.Option(help="Take back jobs of dead workers; republish queued.")] = False,
+    stuck: Annotated[
+        bool, typer.Option(help="Take back jobs of dead workers; republish queued.")
+    ] = False,
     failed: Annotated[bool, typer.Option(help="Queue failed jobs again.")] = False,
     submission: Annotated[str | None, typer.Option(help="Only this submission.")] = None,
 ) -> None:

@@ -39,7 +39,8 @@ LINE_FIELDS = (
 )  # fmt: skip
 # A million JSONL prompts take about 100 MB; far bigger files are mistakes (a dataset, a binary).
 MAX_FILE_BYTES = 200 * 1024 * 1024
-# Every job is validated and held in memory before the first one is queued.
+# Every job is held in memory (about 0.5 KB with a short prompt) until all lines are validated, so
+# this bounds a parse at roughly 0.5 GB; larger runs should be split into several files anyway.
 MAX_JOBS = 1_000_000
 # The longest valid line (a 10,000-character prompt escaped as JSON, 16 KB of metadata) fits many
 # times over; a longer line is skipped without being read into memory whole.
@@ -152,7 +153,7 @@ def parse_prompt_file(
     source = os.fspath(path)
     if format is None:
         format = Path(source).suffix
-        if format.lower() not in (".txt", ".jsonl", ".csv"):
+        if format.lower()[1:] not in SUPPORTED_FORMATS:
             raise PromptFileError(
                 source,
                 f"has {f'extension {format!r}' if format else 'no extension'}; use a .txt "

@@ -142,7 +142,12 @@ def wait_for(
     if status is None:
         raise UserError(f"no submission has id {submission_id}")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task(f"submission {submission_id[:8]}", total=status.job_count)
         while True:
@@ -155,7 +160,9 @@ def wait_for(
             if status.finished:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise UserError(f"submission {submission_id} still has open jobs after {timeout_s}s")
+                raise UserError(
+                    f"submission {submission_id} still has open jobs after {timeout_s}s"
+                )
             time.sleep(poll_s)
     return status.counts["failed"] == 0
 

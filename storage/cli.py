@@ -18,9 +18,10 @@ def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
     settings = get_settings()
     settings.ensure_home()
-    migrate.upgrade(settings.resolved_database_url, revision)
+    url = settings.resolved_database_url
+    migrate.upgrade(url, revision)
     typer.echo(
-        f"{mask_url(settings.resolved_database_url)} is at {migrate.current(settings.resolved_database_url)}"
+        f"{mask_url(url)} is at {migrate.current(url)}"
     )
 
 

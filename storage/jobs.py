@@ -6,6 +6,7 @@ finished job backwards, marking a job succeeded twice is a no-op, and two worker
 the same job cannot both win. Each function reports what it actually changed.
 
     queued   -> running     claim_jobs        (attempts + 1)
+    running  -> running     reclaim_abandoned (a dead worker's job, attempts + 1)
     running  -> succeeded   mark_succeeded
     running  -> failed      mark_failed
     running  -> queued      release_for_retry (give back; a later attempt will claim it)
@@ -74,6 +75,39 @@ def claim_jobs(
                 batch_id=batch_id,
                 batch_size=batch_size,
                 queue_wait_s=_seconds_since(session, now, Job.created_at),
+            )
+            .returning(Job.id)
+        )
+        claimed.extend(_run(session, statement))
+    return claimed
+
+
+def reclaim_abandoned(
+    session: Session,
+    job_ids: Sequence[str],
+    *,
+    worker: str,
+    batch_id: str,
+    batch_size: int,
+    heartbeat_before: datetime,
+    now: datetime | None = None,
+) -> list[str]:
+    """running -> running under a new worker, for jobs whose worker stopped heart-beating before
+    ``heartbeat_before``: the broker redelivered them because that worker died mid-batch.
+    ``attempts`` goes up, so a job that kills every worker that runs it ends ``failed``."""
+    now = now or utcnow()
+    claimed: list[str] = []
+    for ids in _id_chunks(job_ids):
+        statement = (
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == _RUNNING, Job.heartbeat_at < heartbeat_before)
+            .values(
+                attempts=Job.attempts + 1,
+                started_at=now,
+                heartbeat_at=now,
+                worker=worker,
+                batch_id=batch_id,
+                batch_size=batch_size,
             )
             .returning(Job.id)
         )

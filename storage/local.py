@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from loopfree.errors import StoreUnavailable
 from storage.objects import (
+    InvalidStorageUrl,
     ObjectNotFound,
     ObjectStore,
     StoreAccessDenied,
@@ -49,8 +50,16 @@ class LocalStore(ObjectStore):
         return self._path(key).as_uri()
 
     def key_of(self, uri_or_key: str) -> str:
-        # Percent-escapes in a file URI (spaces in the root folder) stand for plain characters.
-        return super().key_of(unquote(uri_or_key) if "://" in uri_or_key else uri_or_key)
+        if "://" not in uri_or_key:
+            return check_key(uri_or_key)
+        # Compare paths, not strings: file URIs percent-encode spaces and other characters.
+        path = Path(unquote(urlsplit(uri_or_key).path))
+        if not uri_or_key.startswith("file:") or not path.is_relative_to(self.root):
+            raise InvalidStorageUrl(
+                f"{uri_or_key} is not in the configured store {self.url}; set LOOPFREE_STORAGE_URL "
+                "to the store that holds it."
+            )
+        return check_key(path.relative_to(self.root).as_posix())
 
     def put_png(self, key: str, data: bytes, *, metadata: Mapping[str, str]) -> StoredObject:
         path = self._path(key)

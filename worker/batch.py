@@ -17,15 +17,17 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TypeVar
 
 import torch
 
-from loopfree.errors import InvalidJob, LoopfreeError, RetryableError
+from loopfree.errors import DatabaseUnavailable, InvalidJob, LoopfreeError, RetryableError
 from loopfree.jobspec import validate_job
 from loopfree.webhooks import post_summary
 from storage import jobs as job_store
 from storage.db import session_scope
-from storage.models import Job
+from storage.models import Job, utcnow
 from storage.queries import load_jobs
 from worker.imaging import encode_png
 from worker.metrics import WorkerMetrics
@@ -33,9 +35,13 @@ from worker.sampler import TiUESampler
 from worker.text import TextEncoderCache
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Decoder activations grow with batch x timesteps x pixels: at sizes above the model's native one
 # the batch cap shrinks in proportion, so a batch costs about the same memory at any size.
+# How long a worker keeps finished results while the database is unreachable. Past it the jobs stay
+# `running`; their heartbeats stop and the reconciler hands them to another worker.
+RECORD_TIMEOUT_S = 300.0
 Publish = Callable[[Sequence[Job], float], None]
 
 
@@ -86,6 +92,8 @@ class BatchRunner:
         publish: Publish,
         max_batch: int = 16,
         max_attempts: int = 3,
+        stuck_after_s: float = 300.0,
+        record_timeout_s: float = RECORD_TIMEOUT_S,
         decoder_chunk: int | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
@@ -98,6 +106,8 @@ class BatchRunner:
         self.publish = publish
         self.max_batch = max_batch
         self.max_attempts = max_attempts
+        self.stuck_after_s = stuck_after_s
+        self.record_timeout_s = record_timeout_s
         self.decoder_chunk = decoder_chunk
         self.metrics = metrics or WorkerMetrics.disabled()
         self.gpu_lock = threading.Lock()
@@ -119,16 +129,20 @@ class BatchRunner:
     # -- 1. claim -------------------------------------------------------------------------------
 
     def claim(self, job_ids: Sequence[str], report: BatchReport) -> list[Job]:
-        """Move the delivered jobs to ``running``; duplicates, cancelled and finished jobs drop out."""
+        """Move delivered jobs to ``running``; duplicates, cancelled and finished ones drop out."""
         unique_ids = list(dict.fromkeys(job_ids))
         with session_scope(self.engine) as session:
-            claimed_ids = job_store.claim_jobs(
-                session,
-                unique_ids,
-                worker=self.worker_name,
-                batch_id=report.batch_id,
-                batch_size=len(unique_ids),
+            claim = dict(
+                worker=self.worker_name, batch_id=report.batch_id, batch_size=len(unique_ids)
             )
+            claimed_ids = job_store.claim_jobs(session, unique_ids, **claim)
+            rest = [job_id for job_id in unique_ids if job_id not in set(claimed_ids)]
+            if rest:
+                # Redelivered after a worker died holding them: take them over.
+                stale = utcnow() - timedelta(seconds=self.stuck_after_s)
+                claimed_ids += job_store.reclaim_abandoned(
+                    session, rest, heartbeat_before=stale, **claim
+                )
             jobs = load_jobs(session, claimed_ids)
         report.claimed = len(jobs)
         report.skipped = len(job_ids) - len(jobs)
@@ -144,9 +158,11 @@ class BatchRunner:
     def check(self, job: Job) -> str | None:
         """Why this job must not run (invalid fields, out of attempts), or None."""
         if job.attempts > self.max_attempts:
-            return f"gave up after {job.attempts - 1} attempts; last error: {job.error}"
+            last = job.error or "the worker running it stopped each time (crash or kill)"
+            return f"gave up after {job.attempts - 1} attempts; last error: {last}"
         if job.model != self.sampler.model.name:
-            return f"job is for model {job.model!r} but this worker serves {self.sampler.model.name!r}"
+            served = self.sampler.model.name
+            return f"job is for model {job.model!r} but this worker serves {served!r}"
         try:
             validate_job(
                 {
@@ -169,7 +185,7 @@ class BatchRunner:
         return max(1, min(self.max_batch, self.max_batch * native // (key.height * key.width)))
 
     def plan(self, jobs: Sequence[Job]) -> list[tuple[GroupKey, list[Job]]]:
-        """Compatible jobs (same size and steps) together, highest priority first, within the cap."""
+        """Compatible jobs (same size and steps) together, highest priority first, capped."""
         groups: dict[GroupKey, list[Job]] = defaultdict(list)
         for job in sorted(jobs, key=lambda j: (-j.priority, j.created_at, j.position)):
             groups[GroupKey(job.height, job.width, job.steps)].append(job)
@@ -210,7 +226,7 @@ class BatchRunner:
         report.sample_seconds += elapsed
         self.metrics.sampled(self.sampler.model.name, len(jobs), elapsed)
         if any(text.truncated):
-            self.mark_truncated([job.id for job, cut in zip(jobs, text.truncated) if cut])
+            self.mark_truncated([job.id for job, cut in zip(jobs, text.truncated, strict=True) if cut])
         return [
             Rendered(job, result.images[i], elapsed, elapsed / len(jobs), len(jobs))
             for i, job in enumerate(jobs)
@@ -250,18 +266,26 @@ class BatchRunner:
                 self.fail(rendered.job, f"storing the image failed: {error}", report)
         if not results:
             return
-        with session_scope(self.engine) as session:
-            for rendered, stored, upload_s in results:
-                result = job_store.JobResult(
-                    image_uri=stored.uri,
-                    image_bytes=stored.size,
-                    image_sha256=stored.sha256,
-                    sample_s=rendered.sample_s,
-                    upload_s=upload_s,
-                    gpu_share_s=rendered.gpu_share_s,
-                )
-                if job_store.mark_succeeded(session, rendered.job.id, result):
-                    report.succeeded.append(rendered.job.id)
+
+        def write() -> list[str]:
+            recorded = []
+            with session_scope(self.engine) as session:
+                for rendered, stored, upload_s in results:
+                    result = job_store.JobResult(
+                        image_uri=stored.uri,
+                        image_bytes=stored.size,
+                        image_sha256=stored.sha256,
+                        sample_s=rendered.sample_s,
+                        upload_s=upload_s,
+                        gpu_share_s=rendered.gpu_share_s,
+                    )
+                    if job_store.mark_succeeded(session, rendered.job.id, result):
+                        recorded.append(rendered.job.id)
+            return recorded
+
+        # The images are stored; losing their results to a database blip would waste the GPU
+        # time. Keep them and retry until the database is back, within a bound.
+        report.succeeded.extend(retry_while_unavailable(write, self.record_timeout_s))
         for rendered, _, _ in results:
             self.metrics.job_done(rendered.job.model, "succeeded", rendered.job.queue_wait_s)
 
@@ -312,6 +336,22 @@ class BatchRunner:
         for url, summary in summaries:
             # Off the batch's thread: a slow receiver must not hold up acks or the GPU.
             self.uploads.submit(post_summary, url, summary)
+
+
+def retry_while_unavailable(write: Callable[[], T], timeout_s: float) -> T:
+    """Call ``write`` until it stops raising ``DatabaseUnavailable`` or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except DatabaseUnavailable as error:
+            attempt += 1
+            pause = min(backoff_seconds(attempt, base=0.25, cap=10.0), deadline - time.monotonic())
+            if pause <= 0:
+                raise
+            log.warning("database unavailable (%s); retrying in %.1fs", error, pause)
+            time.sleep(pause)
 
 
 def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:

@@ -34,7 +34,9 @@ class Shape(str, Enum):
 
 
 def generate(
-    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use --prompts-file).")] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="The prompt (or use --prompts-file).")
+    ] = None,
     prompts_file: Annotated[
         Path | None, typer.Option(help="A .txt (one prompt per line) or .jsonl file.")
     ] = None,
@@ -62,7 +64,9 @@ def generate(
         raise UserError("give either a PROMPT or --prompts-file, not both or neither")
     defaults = JobDefaults(model=model, seed_base=seed, height=height, width=width, steps=steps)
     if prompts_file is not None:
-        parsed = parse_prompt_file(prompts_file, defaults=defaults, model_roots=settings.model_roots)
+        parsed = parse_prompt_file(
+            prompts_file, defaults=defaults, model_roots=settings.model_roots
+        )
     else:
         parsed = parse_prompts(prompt.encode(), format="txt", defaults=defaults, source="PROMPT")
     if len(parsed.jobs) != 1 and prompts_file is None:
@@ -117,7 +121,9 @@ def worker(
 
     from worker.service import run_worker
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = _with_overrides(max_batch=max_batch, max_wait_ms=max_wait_ms)
     run_worker(settings, model, loglevel=loglevel)
 

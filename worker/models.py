@@ -100,7 +100,8 @@ def resolve_model_dir(model: str) -> Path:
     if path.is_dir():
         if not (path / "unet").is_dir():
             raise ModelNotFound(
-                f"{model} is a folder but not a diffusers pipeline (no unet/ inside); point --model "
+                f"{model} is a folder but not a diffusers pipeline (no unet/ inside); point "
+                "--model "
                 "at the folder that holds model_index.json"
             )
         return path

@@ -1,14 +1,14 @@
 """The TiUE sampler of "One-Way Ticket" (Loopfree models), batched.
 
 A Loopfree UNet is trained so that its encoder half (``conv_in``, down blocks, mid block) is
-time-independent: it runs ONCE on the initial noise, with the first timestep's embedding. The decoder
-half (up blocks and output head) then runs for every DDIM timestep, each time on the same stored
-encoder features but with that timestep's embedding. Because no decoder pass depends on another, all
-N of them run as one batch. The N noise predictions are then chained through DDIM updates, starting
-from the initial noise, and the VAE decodes the result.
+time-independent: it runs ONCE on the initial noise, with the first timestep's embedding. The
+decoder half (up blocks and output head) then runs for every DDIM timestep, each time on the same
+stored encoder features but with that timestep's embedding. Because no decoder pass depends on
+another, all N of them run as one batch. The N noise predictions are then chained through DDIM
+updates, starting from the initial noise, and the VAE decodes the result.
 
-Reading order, next to the paper: ``encode_text`` -> ``initial_latents`` -> ``run_encoder`` (once) ->
-``run_decoder`` (per timestep, in parallel) -> ``ddim_chain`` -> ``decode_images``.
+Reading order, next to the paper: ``encode_text`` -> ``initial_latents`` -> ``run_encoder``
+(once) -> ``run_decoder`` (per timestep, in parallel) -> ``ddim_chain`` -> ``decode_images``.
 
 Unlike the reference implementation, which handles one image at a time, a call here takes B prompts
 and runs the decoder on N x B samples at once (timestep-major). Every image depends only on its own
@@ -67,7 +67,7 @@ class TiUESampler:
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
-        """CLIP's last hidden state, padded to the tokenizer's limit, no classifier-free guidance."""
+        """CLIP's last hidden state, padded to the tokenizer's limit; no classifier-free guidance."""
         tokenizer = self.model.tokenizer
         tokens = tokenizer(
             list(prompts),

@@ -91,6 +91,7 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
         publish=publish,
         max_batch=settings.max_batch,
         max_attempts=settings.max_attempts,
+        stuck_after_s=settings.stuck_after_s,
         decoder_chunk=settings.decoder_chunk,
         metrics=metrics,
     )

@@ -1,7 +1,8 @@
 """Random-weight Loopfree-format models, for tests, offline demos and timing.
 
 They are written in the same diffusers pipeline layout as the real weights (``model_index.json``,
-``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) and loaded by the same loader.
+``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) and loaded by the same
+loader.
 Their images are noise, but their compute is real: the SD1.5-shaped model costs what SD1.5 costs.
 """
 

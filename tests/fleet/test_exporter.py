@@ -118,12 +118,12 @@ def test_throughput_is_the_median_workers_rate_over_busy_time_within_the_lookbac
 
 def test_scrapes_serve_the_last_refresh_until_the_next_one(engine: Engine, seeded: Seeded):
     collector = FleetCollector(engine, None)
-    assert render(collector) == ""  # nothing before the first refresh
+    assert scrape(collector) == {}  # nothing before the first refresh
     collector.refresh()
     add_jobs(engine, MODEL_A, 4)
-    assert value(parse(render(collector)), "loopfree_pending_jobs", model=MODEL_A) == 5
+    assert value(scrape(collector), "loopfree_pending_jobs", model=MODEL_A) == 5
     collector.refresh()
-    assert value(parse(render(collector)), "loopfree_pending_jobs", model=MODEL_A) == 9
+    assert value(scrape(collector), "loopfree_pending_jobs", model=MODEL_A) == 9
 
 
 def test_an_unreachable_database_reads_as_down_and_its_gauges_are_left_out():
@@ -133,7 +133,7 @@ def test_an_unreachable_database_reads_as_down_and_its_gauges_are_left_out():
     finally:
         engine.dispose()
     assert snapshot.database_up is False
-    samples = parse(render(_fixed(snapshot)))
+    samples = parse(render(snapshot))
     assert value(samples, "loopfree_database_up") == 0
     assert not names(samples) & {"loopfree_jobs", "loopfree_pending_jobs"}
 
@@ -203,10 +203,11 @@ def test_the_metrics_command_serves_refreshes_and_exits_cleanly_on_sigterm(
     )
     command = [sys.executable, "-c", program, "metrics", "--port", str(port)]
     command += ["--address", "127.0.0.1", "--interval", "0.2"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "exporter.log"
+    process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        samples = _scrape_when_up(url, process)
+        samples = _scrape_when_up(url, process, log)
         assert value(samples, "loopfree_pending_jobs", model=unique_model) == 2
         # LOOPFREE_MODEL is reported even though it has no job: KEDA reads 0, not "no data".
         assert value(samples, "loopfree_pending_jobs", model="fleet-test/configured") == 0
@@ -228,23 +229,14 @@ def test_the_metrics_command_serves_refreshes_and_exits_cleanly_on_sigterm(
         fetch(url)
 
 
-def _scrape_when_up(url: str, process: subprocess.Popen[bytes]) -> Samples:
+def _scrape_when_up(url: str, process: subprocess.Popen[bytes], log: Path) -> Samples:
     """Scrape once the exporter listens; fail with its output if it exits or never listens."""
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            pytest.fail(f"the exporter exited with {process.returncode}:\n{output}")
+            pytest.fail(f"the exporter exited with {process.returncode}:\n{log.read_text()}")
         try:
             return parse(fetch(url))
         except (urllib.error.URLError, ConnectionError):
             assert time.monotonic() < deadline, "the exporter never started listening"
             time.sleep(0.1)
-
-
-class _fixed(FleetCollector):
-    """A collector serving a given snapshot, to render snapshots taken by hand."""
-
-    def __init__(self, snapshot) -> None:  # noqa: D107 - test helper
-        super().__init__(engine=None, app=None)  # type: ignore[arg-type]
-        self._snapshot = snapshot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import time
@@ -514,6 +515,24 @@ def test_validate_job_names_unknown_and_missing_fields() -> None:
         validate_job({"prompt": "x", "model": MODEL, "num_images": 2})
 
 
+def test_a_huge_number_gives_a_short_message_not_a_crash() -> None:
+    with pytest.raises(InvalidJob, match=r"seed \(a 16,610-bit number\) is out of range"):
+        JobSpec(prompt="x", seed=10**5000, model=MODEL)
+
+
+def test_a_prompt_file_error_survives_pickling() -> None:
+    error = PromptFileError("f.jsonl", "2 lines are invalid", [LineError(3, "prompt is empty")], 2)
+
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert (
+        str(copy)
+        == str(error)
+        == "f.jsonl: 2 lines are invalid\n  line 3: prompt is empty\n  ... and 1 more"
+    )
+    assert copy.errors == error.errors and copy.error_count == 2
+
+
 def test_resolve_size_fills_only_what_is_unset() -> None:
     spec = JobSpec(prompt="x", seed=1, model=MODEL, width=768)
 
@@ -557,7 +576,7 @@ def test_the_parser_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_twenty_thousand_lines_parse_in_well_under_a_second_each_thousand(tmp_path: Path) -> None:
+def test_twenty_thousand_json_lines_parse_in_seconds_not_minutes(tmp_path: Path) -> None:
     path = tmp_path / "many.jsonl"
     path.write_text(jsonl(*({"prompt": f"a fox number {i}", "seed": i, "height": 512}
                             for i in range(20_000))))  # fmt: skip

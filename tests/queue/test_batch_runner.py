@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -71,7 +72,7 @@ def test_a_delivery_renders_every_job_and_records_one_image_each(runtime, embedd
     assert sorted(report.groups) == [1, 3]  # 80 px alone, the three 64 px jobs together
     with session_scope(engine) as session:
         jobs = load_jobs(session, ids)
-    for job, (prompt, seed, size) in zip(jobs, prompts):
+    for job, (prompt, seed, size) in zip(jobs, prompts, strict=True):
         assert job.status is JobStatus.SUCCEEDED
         assert job.attempts == 1 and job.batch_id == report.batch_id
         data = store.get(job.image_uri)
@@ -79,7 +80,7 @@ def test_a_delivery_renders_every_job_and_records_one_image_each(runtime, embedd
         assert image.size == (size, size)
         # The queued image equals the same prompt and seed rendered alone.
         alone, _ = runner.sampler.generate([prompt], [seed], size, size)
-        pixels = torch.from_numpy(__import__("numpy").asarray(image.convert("RGB")))
+        pixels = torch.from_numpy(np.array(image.convert("RGB")))
         assert int((pixels.int() - alone.images[0].int()).abs().max()) <= 1
 
 

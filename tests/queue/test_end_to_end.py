@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -80,9 +79,10 @@ class WorkerProcess:
         self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as error:
             self.process.kill()
-            raise AssertionError(f"worker ignored SIGTERM; log:\n{self.log.read_text()[-3000:]}")
+            log = self.log.read_text()[-3000:]
+            raise AssertionError(f"worker ignored SIGTERM; log:\n{log}") from error
 
 
 def write_jsonl(path: Path, count: int) -> Path:

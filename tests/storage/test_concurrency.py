@@ -33,7 +33,7 @@ def test_two_processes_racing_to_claim_the_same_jobs_claim_each_exactly_once(
 def test_a_producer_and_a_worker_in_two_processes_share_one_sqlite_file(
     migrated_sqlite_url: str,
 ) -> None:
-    submissions, jobs_each = 20, 50
+    submissions, jobs_each = 10, 40
     total = submissions * jobs_each
 
     produced, finished = in_processes(

@@ -57,7 +57,7 @@ def reference_image(
         for handle in handles:
             handle.remove()
 
-    for noise, timestep in zip(noise_predictions, scheduler.timesteps):
+    for noise, timestep in zip(noise_predictions, scheduler.timesteps, strict=True):
         latents = scheduler.step(noise, timestep, latents).prev_sample
     decoded = vae.decode(latents / vae.config.scaling_factor).sample.float()
     pixels = (decoded * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)

@@ -42,7 +42,7 @@ def test_parallel_sequential_and_chunked_decoders_give_the_same_images(sampler, 
 
 def test_an_image_in_a_batch_equals_the_same_image_alone(sampler):
     batched, _ = sampler.generate(PROMPTS, SEEDS)
-    for index, (prompt, seed) in enumerate(zip(PROMPTS, SEEDS)):
+    for index, (prompt, seed) in enumerate(zip(PROMPTS, SEEDS, strict=True)):
         alone, _ = sampler.generate([prompt], [seed])
         assert max_pixel_difference(batched.images[index], alone.images[0]) <= 1
 
