@@ -226,7 +226,8 @@ class BatchRunner:
         report.sample_seconds += elapsed
         self.metrics.sampled(self.sampler.model.name, len(jobs), elapsed)
         if any(text.truncated):
-            self.mark_truncated([job.id for job, cut in zip(jobs, text.truncated, strict=True) if cut])
+            cut = [job.id for job, lost in zip(jobs, text.truncated, strict=True) if lost]
+            self.mark_truncated(cut)
         return [
             Rendered(job, result.images[i], elapsed, elapsed / len(jobs), len(jobs))
             for i, job in enumerate(jobs)

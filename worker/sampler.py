@@ -67,7 +67,8 @@ class TiUESampler:
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> TextEncoding:
-        """CLIP's last hidden state, padded to the tokenizer's limit; no classifier-free guidance."""
+        """CLIP's last hidden state, padded to the tokenizer's limit; no classifier-free
+        guidance."""
         tokenizer = self.model.tokenizer
         tokens = tokenizer(
             list(prompts),
