@@ -23,11 +23,13 @@ app = typer.Typer(
 
 def _register() -> None:
     from producer import cli as producer_cli
+    from producer import fleet_cli
     from storage import cli as storage_cli
     from worker import cli as worker_cli
 
     worker_cli.register(app)
     producer_cli.register(app)
+    fleet_cli.register(app)
     storage_cli.register(app)
 
 

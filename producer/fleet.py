@@ -24,6 +24,7 @@ last batch does not move it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import defaultdict
@@ -138,11 +139,10 @@ def summarize_throughput(batches: Iterable[BatchSpan]) -> Throughput:
     """The median per-worker rate over the workers these batches came from."""
     batches = list(batches)
     rates = worker_rates(batches)
-    measured = {batch.worker for batch in batches} & rates.keys()
     return Throughput(
         per_worker_images_per_s=statistics.median(rates.values()) if rates else None,
         workers=len(rates),
-        jobs=sum(batch.jobs for batch in batches if batch.worker in measured),
+        jobs=sum(batch.jobs for batch in batches if batch.worker in rates),
         by_worker=rates,
     )
 
@@ -160,15 +160,8 @@ class ScalePlan:
     reason: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "pending": self.pending,
-            "per_worker_images_per_s": self.per_worker_images_per_s,
-            "measured_from_workers": self.measured_from_workers,
-            "target_seconds": self.target_seconds,
-            "recommended_workers": self.recommended_workers,
-            "reason": self.reason,
-        }
+        """The fields as ``loopfree scale --json`` prints them."""
+        return dataclasses.asdict(self)
 
 
 def plan_scale(

@@ -5,6 +5,7 @@ Modules, one concern each:
 - ``models``       typed SQLAlchemy tables (``Submission``, ``Job``) and ``JobStatus``
 - ``db``           engine factory (SQLite pragmas, PostgreSQL pre-ping), sessions, error translation
 - ``submissions``  creating submissions and bulk-inserting their jobs, idempotently
+- ``bulk``         the bulk insert itself: COPY on PostgreSQL, executemany on SQLite
 - ``jobs``         guarded status transitions (compare-and-set UPDATEs)
 - ``queries``      counts, pagination and stuck-job searches
 - ``stats``        small aggregates for the status command and metrics

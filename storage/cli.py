@@ -20,9 +20,7 @@ def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     settings.ensure_home()
     url = settings.resolved_database_url
     migrate.upgrade(url, revision)
-    typer.echo(
-        f"{mask_url(url)} is at {migrate.current(url)}"
-    )
+    typer.echo(f"{mask_url(url)} is at {migrate.current(url)}")
 
 
 @db_app.command()

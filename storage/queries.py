@@ -6,7 +6,7 @@ OFFSET, so page 1,000 of a 100,000-job submission costs the same as page 1.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -31,16 +31,30 @@ def load_jobs(session: Session, job_ids: Sequence[str]) -> list[Job]:
     return [by_id[job_id] for job_id in job_ids if job_id in by_id]
 
 
-def count_by_status(session: Session, *, submission_id: str | None = None) -> dict[JobStatus, int]:
-    """Number of jobs in each status (every status present, zero if none), optionally for one
-    submission. One ``GROUP BY`` over the status index."""
-    statement = select(Job.status, func.count()).group_by(Job.status)
-    if submission_id is not None:
-        statement = statement.where(Job.submission_id == submission_id)
-    counts = dict.fromkeys(JobStatus, 0)
-    for status, count in session.execute(statement):
-        counts[JobStatus(status)] = count
-    return counts
+def count_by_status(
+    session: Session,
+    *,
+    submission_id: str | None = None,
+    statuses: Iterable[JobStatus] | None = None,
+) -> dict[JobStatus, int]:
+    """Number of jobs in each status (zero if none), optionally for one submission and only for
+    ``statuses`` (default: all five).
+
+    One statement of ``count(*) WHERE status = ...`` subqueries, each an index-only range scan of
+    ``ix_jobs_status`` (or ``ix_jobs_submission_id_status``): about twice as fast as
+    ``GROUP BY status``, which compares the group key of every row. The cost is proportional to
+    the jobs counted, so a poller that only needs the open work (``queued``, ``running``) should
+    pass those and skip scanning a million finished jobs. Timings: BENCHMARKS.md.
+    """
+    wanted = list(JobStatus) if statuses is None else list(dict.fromkeys(statuses))
+    counts = []
+    for status in wanted:
+        count = select(func.count()).select_from(Job).where(Job.status == status)
+        if submission_id is not None:
+            count = count.where(Job.submission_id == submission_id)
+        counts.append(count.scalar_subquery().label(status.value))
+    row = session.execute(select(*counts)).one()
+    return {status: int(value) for status, value in zip(wanted, row, strict=True)}
 
 
 def list_submission_jobs(

@@ -9,19 +9,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from loopfree.queue import make_celery, publish_jobs, queue_name
 from loopfree.settings import Settings
 from producer.exporter import FleetCollector, collect_fleet_metrics, render
-from storage.db import make_engine
+from storage import jobs as job_store
+from storage.db import make_engine, session_scope
 from storage.migrate import upgrade
-from storage.models import JobStatus
+from storage.models import Job, JobStatus
 from tests.conftest import free_port
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs
 
@@ -124,6 +126,41 @@ def test_scrapes_serve_the_last_refresh_until_the_next_one(engine: Engine, seede
     assert value(scrape(collector), "loopfree_pending_jobs", model=MODEL_A) == 5
     collector.refresh()
     assert value(scrape(collector), "loopfree_pending_jobs", model=MODEL_A) == 9
+
+
+def test_pending_is_counted_afresh_every_refresh_and_finished_jobs_on_full_refreshes_only(
+    engine: Engine, seeded: Seeded
+):
+    collector = FleetCollector(engine, None, full_every_s=3600)
+    assert collector.refresh().full
+    running = _job_ids(engine, MODEL_A, JobStatus.RUNNING)
+    assert len(running) == 2
+    with session_scope(engine) as session:  # w5 finishes its two jobs in 2 s
+        for job_id in running:
+            done = job_store.mark_succeeded(
+                session, job_id, _RESULT, now=seeded.base + timedelta(seconds=202)
+            )
+            assert done
+    add_jobs(engine, "fleet-test/arrived", 1)
+
+    partial = collector.refresh()
+    assert not partial.full
+    samples = scrape(collector)
+    assert value(samples, "loopfree_pending_jobs", model=MODEL_A) == 3
+    assert value(samples, "loopfree_jobs", model=MODEL_A, status="running") == 0
+    assert value(samples, "loopfree_jobs", model=MODEL_A, status="succeeded") == 17  # as before
+    assert value(samples, "loopfree_pending_jobs", model="fleet-test/arrived") == 1
+    assert value(samples, "loopfree_jobs", model="fleet-test/arrived", status="failed") == 0
+    rate = "loopfree_worker_throughput_images_per_second"
+    assert value(samples, rate, model=MODEL_A) == pytest.approx(seeded.median_rate_a)
+
+    collector.full_every_s = 0
+    assert collector.refresh().full
+    samples = scrape(collector)
+    assert value(samples, "loopfree_jobs", model=MODEL_A, status="succeeded") == 19
+    # w5 joins the measured workers at 1/s: the median of 1, 2, 2.667 and 4 is 2.333.
+    assert value(samples, "loopfree_throughput_workers", model=MODEL_A) == 4
+    assert value(samples, rate, model=MODEL_A) == pytest.approx(7 / 3)
 
 
 def test_an_unreachable_database_reads_as_down_and_its_gauges_are_left_out():
@@ -240,3 +277,19 @@ def _scrape_when_up(url: str, process: subprocess.Popen[bytes], log: Path) -> Sa
         except (urllib.error.URLError, ConnectionError):
             assert time.monotonic() < deadline, "the exporter never started listening"
             time.sleep(0.1)
+
+
+_RESULT = job_store.JobResult(
+    image_uri="file:///x.png",
+    image_bytes=1,
+    image_sha256="0" * 64,
+    sample_s=0.1,
+    upload_s=0.1,
+    gpu_share_s=0.1,
+)
+
+
+def _job_ids(engine: Engine, model: str, status: JobStatus) -> list[str]:
+    with session_scope(engine) as session:
+        statement = select(Job.id).where(Job.model == model, Job.status == status)
+        return list(session.scalars(statement))

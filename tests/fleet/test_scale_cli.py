@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +15,7 @@ from typer.testing import CliRunner
 
 from loopfree.settings import get_settings
 from producer.fleet_cli import register
+from storage.migrate import upgrade
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs
 
 KEYS = {
@@ -96,3 +100,21 @@ def test_max_workers_below_min_workers_is_a_usage_error(cli: typer.Typer):
     result = CliRunner().invoke(cli, ["scale", "--min-workers", "3", "--max-workers", "2"])
     assert result.exit_code == 2
     assert "--max-workers 2 is below --min-workers 3" in result.output
+
+
+def test_the_fleet_commands_never_import_torch(tmp_path):
+    # The exporter and `scale` run in the slim CLI image, which has no torch.
+    program = (
+        "import sys, typer; from typer.testing import CliRunner; "
+        "from producer.fleet_cli import register; app = typer.Typer(); register(app); "
+        "result = CliRunner().invoke(app, ['scale', '--json']); "
+        "assert result.exit_code == 0, result.output; "
+        "heavy = {'torch', 'diffusers', 'transformers'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    env = {**os.environ, "LOOPFREE_HOME": str(tmp_path / "home")}
+    env.pop("LOOPFREE_DATABASE_URL", None)
+    home_db = f"sqlite:///{tmp_path / 'home' / 'loopfree.db'}"
+    upgrade(home_db)
+    result = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()

@@ -144,6 +144,9 @@ def test_status_counts_cover_every_status_overall_and_per_submission(engine: Eng
         JobStatus.CANCELLED: 1,
     }
     assert (mine[JobStatus.QUEUED], mine[JobStatus.RUNNING], mine[JobStatus.CANCELLED]) == (3, 2, 0)
+    with session_scope(engine) as session:
+        open_work = count_by_status(session, statuses=[JobStatus.QUEUED, JobStatus.RUNNING])
+    assert open_work == {JobStatus.QUEUED: 4, JobStatus.RUNNING: 2}
 
 
 def test_pages_of_a_submission_hold_every_job_once_in_position_order(engine: Engine) -> None:

@@ -1,0 +1,347 @@
+"""Real services for ``bench_queue.py``: a throwaway PostgreSQL database, the Redis keys of one
+queue, a moto S3 server, model folders and ``loopfree worker`` child processes.
+
+Everything made here is removed again: the database is dropped, the queue's Redis keys deleted,
+the moto server stopped, the model folders live in a temporary folder the caller deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import psycopg
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Not the tests' database (15, flushed by every Redis test) and not the default (0) that other
+# tools on this machine may use; only the keys of our own queues are deleted afterwards.
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+# Static credentials for the moto server; nothing real is ever signed with them.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "loopfree-bench",
+    "AWS_SECRET_ACCESS_KEY": "loopfree-bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
+    """A new PostgreSQL database migrated to head; yields its SQLAlchemy URL, drops it after."""
+    from sqlalchemy.engine import make_url
+
+    from storage.migrate import upgrade
+
+    name = f"loopfree_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name)
+            rendered = url.render_as_string(hide_password=False)
+            upgrade(rendered)
+            yield rendered
+        finally:
+            # FORCE: a worker killed mid-transaction must not keep the database alive.
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+
+def delete_queue_keys(redis_url: str, queue: str) -> int:
+    """Delete the keys of one Celery queue (priority lists, kombu bindings); returns how many."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [
+            *client.scan_iter(match=f"{queue}*", count=1000),
+            *client.scan_iter(match=f"_kombu.binding*{queue}", count=1000),
+        ]
+        return client.delete(*keys) if keys else 0
+    finally:
+        client.close()
+
+
+def queue_length(redis_url: str, queue: str) -> int:
+    """Messages waiting in all priority lists of ``queue``."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(
+            client.llen(key)
+            for key in client.scan_iter(match=f"{queue}*", count=1000)
+            if client.type(key) == b"list"
+        )
+    finally:
+        client.close()
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """A moto S3 server on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(S3_ENV)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+    os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def new_bucket(endpoint: str) -> str:
+    """A fresh bucket on ``endpoint``; returns the storage URL of a prefix in it."""
+    from storage.objects import open_store
+
+    url = f"s3://bench-{uuid.uuid4().hex[:10]}/images"
+    open_store(url, endpoint_url=endpoint, region="us-east-1").ensure_bucket()
+    return url
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+# A "small" Loopfree-format model: an SD-like block layout at a few million parameters, native
+# 128 px. A batch of 16 costs about 2-3 CPU-seconds here, so sampling dominates a batch the way it
+# does on a GPU with real weights (the tiny test model renders a batch in milliseconds, which
+# turns the end-to-end ratio into a measure of per-job overhead instead).
+SMALL_UNET = dict(
+    sample_size=16,
+    block_out_channels=(64, 128, 128),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=256,
+    attention_head_dim=8,
+)
+SMALL_VAE = dict(
+    block_out_channels=(16, 32, 64, 64),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=16,
+    sample_size=128,
+)
+SMALL_TEXT = dict(
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    projection_dim=256,
+)
+
+
+def make_bench_model(folder: Path, shape: str) -> Path:
+    """A random-weight model folder: ``tiny`` from ``worker.tiny``, or the ``small`` shape above."""
+    from worker.tiny import make_model
+
+    if shape == "tiny":
+        return make_model(folder, shape="tiny", seed=1).resolve()
+    if shape != "small":
+        raise ValueError(f"unknown model shape {shape!r}: use tiny or small")
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from worker.tiny import SD15_SCHEDULER, write_tokenizer
+
+    # Same steps as worker.tiny.make_model, with the small architecture.
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1)
+    text_config = CLIPTextConfig(
+        vocab_size=2 * 256 + 2,
+        max_position_embeddings=77,
+        bos_token_id=2 * 256,
+        eos_token_id=2 * 256 + 1,
+        pad_token_id=2 * 256 + 1,
+        **SMALL_TEXT,
+    )
+    components = {
+        "unet": UNet2DConditionModel(in_channels=4, out_channels=4, **SMALL_UNET),
+        "vae": AutoencoderKL(in_channels=3, out_channels=3, **SMALL_VAE),
+        "text_encoder": CLIPTextModel(text_config),
+    }
+    for name, module in components.items():
+        module.save_pretrained(folder / name, safe_serialization=True)
+    write_tokenizer(folder / "tokenizer")
+    DDIMScheduler(**SD15_SCHEDULER).save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return folder.resolve()
+
+
+# -- the worker process ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    redis_url: str
+    storage_url: str
+    s3_endpoint: str
+
+
+def worker_env(
+    services: Services,
+    model: Path,
+    home: Path,
+    *,
+    max_batch: int,
+    max_wait_ms: int,
+    torch_threads: int | None,
+) -> dict[str, str]:
+    """``LOOPFREE_*`` variables for a CPU worker, as a deployment would set them."""
+    env = {
+        **S3_ENV,
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "LOOPFREE_HOME": str(home),
+        "LOOPFREE_DATABASE_URL": services.database_url,
+        "LOOPFREE_BROKER_URL": services.redis_url,
+        "LOOPFREE_STORAGE_URL": services.storage_url,
+        "LOOPFREE_S3_ENDPOINT_URL": services.s3_endpoint,
+        "LOOPFREE_S3_REGION": "us-east-1",
+        "LOOPFREE_MODEL": str(model),
+        "LOOPFREE_DEVICE": "cpu",
+        "LOOPFREE_MAX_BATCH": str(max_batch),
+        "LOOPFREE_MAX_WAIT_MS": str(max_wait_ms),
+    }
+    if torch_threads is not None:
+        env["OMP_NUM_THREADS"] = str(torch_threads)
+    return env
+
+
+def settings_for(env: Mapping[str, str]):
+    """The ``Settings`` a process with ``env`` would read."""
+    from loopfree.settings import Settings
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class WorkerProcess:
+    """A real ``loopfree worker`` child process, logging to a file."""
+
+    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+        self.log = log
+        self.started = time.time()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "loopfree.cli", "worker", "--loglevel", "INFO"],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 300) -> float:
+        """Seconds from start until Celery logs ``ready``; raises if the worker dies first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if b" ready." in self.log.read_bytes():
+                return time.time() - self.started
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout_s}s; log:\n{self.tail()}")
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM (warm shutdown), then SIGKILL if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+# -- the machine ----------------------------------------------------------------------------------
+
+PACKAGES = (
+    "torch", "diffusers", "transformers", "celery", "kombu", "celery-batches", "redis",
+    "sqlalchemy", "psycopg", "boto3", "moto", "pillow",
+)  # fmt: skip
+
+
+def machine_info() -> dict[str, object]:
+    """CPU model and cores, Python, package and server versions."""
+    cpu = "unknown"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
+    try:
+        client = redis.Redis.from_url(REDIS_URL)
+        info["redis"] = client.info("server")["redis_version"]
+        client.close()
+    except redis.RedisError as error:
+        info["redis"] = f"unreachable ({error})"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=5) as connection:
+            info["postgresql"] = connection.execute("SHOW server_version").fetchone()[0]
+    except psycopg.Error as error:
+        info["postgresql"] = f"unreachable ({error})"
+    return info
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def load_average() -> float:
+    """The 1-minute load average: this machine is shared, so every phase records it."""
+    return round(os.getloadavg()[0], 2)

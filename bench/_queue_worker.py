@@ -1,0 +1,230 @@
+"""The worker benchmarks of ``bench_queue.py``: the raw sampler back to back, a real ``loopfree
+worker`` draining a burst, and the same worker under a steady stream of jobs.
+
+Throughput through the queue is read from the database, the source of truth: a batch ends when its
+jobs are recorded (``finished_at``), and steady state runs from the end of the first batch to the
+end of the last, so model loading, warm-up and the first batch's fill are left out.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _queue_services import load_average
+
+import loopfree.queue
+from loopfree.settings import Settings
+from producer.prompts import JobDefaults
+from producer.submit import submit_file
+
+
+def prompt(i: int) -> str:
+    """Distinct prompts: the worker's text-encoder cache must not get cheaper work than the raw
+    sampler gets."""
+    return f"a photo of object number {i} on a wooden table, studio light"
+
+
+def write_prompts(path: Path, first: int, count: int) -> Path:
+    path.write_text("".join(prompt(i) + "\n" for i in range(first, first + count)), "utf-8")
+    return path
+
+
+# -- the raw sampler ------------------------------------------------------------------------------
+
+
+@dataclass
+class RawResult:
+    batches: int
+    batch_size: int
+    seconds: list[float]  # per batch: encode_text + sample
+    load: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batches * self.batch_size / sum(self.seconds)
+
+
+class RawSampler:
+    """The model loaded as the worker loads it, timed calling ``encode_text`` + ``sample``."""
+
+    def __init__(self, model: Path) -> None:
+        from worker.models import load_model
+        from worker.sampler import TiUESampler
+
+        self.sampler = TiUESampler(load_model(str(model), device="cpu"))
+        self.size = self.sampler.model.default_size
+        self.sampler.generate(["warm-up"], [0])  # the worker warms up the same way
+        self.next_prompt = 10_000_000
+
+    def run(self, batches: int, batch_size: int) -> RawResult:
+        seconds = []
+        load = load_average()
+        for _ in range(batches):
+            first = self.next_prompt
+            self.next_prompt += batch_size
+            prompts = [prompt(i) for i in range(first, first + batch_size)]
+            started = time.perf_counter()
+            text = self.sampler.encode_text(prompts)
+            self.sampler.sample(text, list(range(first, first + batch_size)), self.size, self.size)
+            seconds.append(time.perf_counter() - started)
+        return RawResult(batches, batch_size, seconds, max(load, load_average()))
+
+
+# -- reading the database -------------------------------------------------------------------------
+
+
+@dataclass
+class QueueRun:
+    jobs: int
+    succeeded: int
+    batches: int
+    steady_images: int  # jobs recorded after the first batch
+    steady_s: float  # first batch recorded -> last batch recorded
+    batch_sizes: list[int]  # one entry per job: the size of the delivery it came in
+    sample_s: list[float]  # one entry per batch
+    upload_s: list[float]  # one entry per job
+    max_batch: int
+    load: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)  # stream: publish -> recorded
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.steady_images / self.steady_s if self.steady_s > 0 else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        return statistics.fmean(self.batch_sizes)
+
+    @property
+    def fill(self) -> float:
+        return self.mean_batch / self.max_batch
+
+    @property
+    def sampling_share(self) -> float:
+        """Sampler seconds in the steady window / its length: how busy the "GPU" was."""
+        return sum(self.sample_s[1:]) / self.steady_s if self.steady_s > 0 else float("nan")
+
+
+def read_run(settings: Settings, submission_id: str, max_batch: int) -> QueueRun:
+    from sqlalchemy import select
+
+    from storage.db import make_engine, session_scope
+    from storage.models import Job, JobStatus
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(engine) as session:
+            rows = session.execute(
+                select(Job.status, Job.batch_id, Job.batch_size, Job.finished_at, Job.sample_s,
+                       Job.upload_s, Job.id).where(Job.submission_id == submission_id)
+            ).all()  # fmt: skip
+    finally:
+        engine.dispose()
+    done = [row for row in rows if row.status == JobStatus.SUCCEEDED]
+    batches: dict[str, list[Any]] = defaultdict(list)
+    for row in done:
+        batches[row.batch_id].append(row)
+    ends = sorted(
+        (max(r.finished_at for r in members).timestamp(), len(members), members[0].sample_s)
+        for members in batches.values()
+    )
+    steady_s = ends[-1][0] - ends[0][0] if len(ends) > 1 else 0.0
+    return QueueRun(
+        jobs=len(rows),
+        succeeded=len(done),
+        batches=len(batches),
+        steady_images=sum(size for _, size, _ in ends[1:]),
+        steady_s=steady_s,
+        batch_sizes=[row.batch_size for row in done],
+        sample_s=[sample for _, _, sample in ends],
+        upload_s=[row.upload_s for row in done],
+        max_batch=max_batch,
+        extra={
+            "first_end": ends[0][0] if ends else float("nan"),
+            "finished_at": {str(row.id): row.finished_at.timestamp() for row in done},
+        },
+    )
+
+
+def wait_done(
+    settings: Settings, submission_id: str, timeout_s: float, alive: Callable[[], None]
+) -> None:
+    """Poll until no job of the submission is queued or running."""
+    from storage.db import make_engine, session_scope
+    from storage.queries import count_by_status
+
+    engine = make_engine(settings.resolved_database_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            alive()
+            with session_scope(engine) as session:
+                counts = count_by_status(session, submission_id=submission_id)
+            if not any(counts[s] for s in counts if not s.is_terminal):
+                return
+            time.sleep(0.25)
+    finally:
+        engine.dispose()
+    raise TimeoutError(f"submission {submission_id} not finished after {timeout_s}s")
+
+
+# -- a burst and a stream -------------------------------------------------------------------------
+
+
+def submit_burst(settings: Settings, model: Path, workdir: Path, first: int, count: int) -> str:
+    """All jobs recorded and published before the worker looks: a full queue."""
+    path = write_prompts(workdir / f"burst-{first}.txt", first, count)
+    report = submit_file(settings, path, JobDefaults(model=str(model), seed_base=first))
+    assert report.published == count, report
+    return report.submission_id
+
+
+def run_stream(
+    settings: Settings,
+    model: Path,
+    workdir: Path,
+    first: int,
+    rate: float,
+    duration_s: float,
+    alive: Callable[[], None],
+) -> tuple[str, dict[str, float]]:
+    """Jobs arriving one at a time at ``rate`` per second for ``duration_s``.
+
+    The rows are inserted up front by ``submit_file`` with publishing held back (its
+    ``publish_jobs`` is swapped for a list); the messages are then published one by one on a
+    fixed schedule, so the worker sees a steady stream. Returns the submission id and each job's
+    publish time (for publish -> recorded latency).
+    """
+    count = max(1, round(rate * duration_s))
+    path = write_prompts(workdir / f"stream-{first}.txt", first, count)
+    held: list[tuple[str, str, int]] = []
+    original = loopfree.queue.publish_jobs
+    loopfree.queue.publish_jobs = lambda app, jobs, **_: held.extend(jobs) or len(held)
+    try:
+        report = submit_file(settings, path, JobDefaults(model=str(model), seed_base=first))
+    finally:
+        loopfree.queue.publish_jobs = original
+    assert len(held) == count, (len(held), count)
+
+    app = loopfree.queue.make_celery(settings)
+    published: dict[str, float] = {}
+    started = time.perf_counter()
+    for index, job in enumerate(held):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        original(app, [job])
+        published[job[0]] = time.time()
+        if index % 50 == 0:
+            alive()
+    late = time.perf_counter() - started - (count - 1) / rate
+    if late > max(0.5, 0.05 * duration_s):
+        raise RuntimeError(f"the stream fell {late:.1f}s behind its schedule; lower the rate")
+    return report.submission_id, published
