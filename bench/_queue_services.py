@@ -8,6 +8,7 @@ the moto server stopped, the model folders live in a temporary folder the caller
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import signal
@@ -101,6 +102,7 @@ def moto_s3() -> Iterator[str]:
     """A moto S3 server on a free loopback port; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     os.environ.update(S3_ENV)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         os.environ.pop(name, None)

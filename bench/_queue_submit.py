@@ -350,12 +350,16 @@ class MessageTemplate:
         return len(jobs)
 
 
+_last_cpu = [0.0]  # process CPU seconds of the last _timed call, for _row
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     value = fn()
+    _last_cpu[0] = time.process_time() - cpu
     return time.perf_counter() - started, value
 
 
 def _row(stage: str, how: str, count: int, seconds: float) -> dict[str, Any]:
     return {"stage": stage, "how": how, "jobs": count, "wall_s": seconds,
-            "jobs_per_s": count / seconds}  # fmt: skip
+            "jobs_per_s": count / seconds, "cpu_s": _last_cpu[0]}  # fmt: skip

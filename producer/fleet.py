@@ -37,6 +37,35 @@ _ROUNDING_SLACK = 1e-9
 """Subtracted before ``ceil``: 1200 jobs at 4/s x 300 s is exactly one worker, even when the
 floating-point product comes out as 1.0000000000000002."""
 
+DEFAULT_TARGET_S = 300.0
+"""Seconds a job may wait in the queue by default: five minutes keeps a burst of a few thousand
+jobs to a handful of GPUs while a cold start (about a minute) stays a fraction of the wait."""
+
+DEFAULT_STARTUP_S = 60.0
+"""Seconds allowed from asking for a worker to its first batch (pod start, model load) by default:
+about a minute with the weights baked into the image and a GPU node already up. It is an
+allowance, not a measurement: set yours from how long your workers take to become ready; a
+start-up longer than allowed for goes straight into the queue wait (BENCHMARKS_fleet.md)."""
+
+MIN_WINDOW_FRACTION = 0.1
+"""The shortest drain window, as a share of the target. Once the oldest queued job is within a
+start-up of its deadline, or past it, ``target - age - start-up`` is zero or negative and the count
+would be infinite or meaningless. Sizing for 10 % of the target instead asks for at most 10x the
+workers a fresh backlog of the same size gets: enough to catch up within a few evaluations, and
+bounded, so that one job that is late anyway (a requeued failure, a lost message found again)
+cannot ask for a thousand GPUs. ``--max-workers`` (``maxReplicaCount``) caps it further."""
+
+
+def drain_window_s(
+    target_s: float, oldest_queued_age_s: float = 0.0, startup_s: float = 0.0
+) -> float:
+    """Seconds a worker has to drain the backlog before the oldest queued job misses the target:
+    ``target - oldest age - start-up``, at least ``MIN_WINDOW_FRACTION`` of the target.
+
+    Pass ``startup_s`` for a worker that is not running yet; a running worker serves at once.
+    """
+    return max(target_s - oldest_queued_age_s - startup_s, MIN_WINDOW_FRACTION * target_s)
+
 
 def recommend_workers(
     pending: int,
@@ -44,16 +73,33 @@ def recommend_workers(
     target_s: float,
     min_workers: int = 0,
     max_workers: int | None = None,
+    *,
+    oldest_queued_age_s: float = 0.0,
+    startup_s: float = 0.0,
+    running_workers: int | None = None,
 ) -> int:
-    """Workers that drain ``pending`` jobs within ``target_s`` seconds at ``per_worker_rate``
-    images/s each: ``ceil(pending / (rate x target))``, clamped to ``[min_workers, max_workers]``.
+    """Workers that drain ``pending`` jobs, at ``per_worker_rate`` images/s each, before the oldest
+    queued job has waited ``target_s`` seconds; clamped to ``[min_workers, max_workers]``.
+
+    The backlog has ``target - oldest_queued_age_s`` seconds left, not a fresh ``target_s`` every
+    evaluation: sizing each evaluation for the full target lets a burst's last jobs wait several
+    targets (BENCHMARKS_fleet.md). A worker that is not running yet first loses ``startup_s`` of
+    that to its start-up. ``running_workers`` already serve and keep the whole window; ``None``
+    means the count is unknown and every worker is assumed to start from cold, which asks for a
+    few more workers than needed while the fleet is up and never too few. Windows are at least
+    ``MIN_WINDOW_FRACTION`` of the target (see there), so a backlog that is late already gets a
+    large but finite fleet.
+
+    With ``running_workers=c`` known: if they drain the backlog in time, fewer may do
+    (``ceil(pending / (rate x window))``, no start-up); otherwise the jobs they cannot drain are
+    shared among new workers, ``c + ceil(rest / (rate x (window - startup)))``.
 
     No pending work asks for no workers (scale to zero). Work but no measurement yet
     (``per_worker_rate=None``) asks for one worker: it starts the work and, by finishing jobs,
     produces the measurement the next evaluation sizes the fleet from.
 
-    The count assumes the workers are already running; a cold start (model load) adds its delay to
-    every job's wait. ``bench/bench_scaling.py`` shows what that costs and how to leave room for it.
+    The defaults (``oldest_queued_age_s=0``, ``startup_s=0``) size a fresh backlog for workers
+    already running: ``ceil(pending / (rate x target))``.
     """
     if pending < 0:
         raise ValueError(f"pending must be >= 0 (a count of jobs), got {pending}")
@@ -63,6 +109,17 @@ def recommend_workers(
         raise ValueError(
             f"per_worker_rate must be a positive images/s figure, got {per_worker_rate}; "
             "pass None when nothing has been measured yet"
+        )
+    if not (math.isfinite(oldest_queued_age_s) and oldest_queued_age_s >= 0):
+        raise ValueError(
+            f"oldest_queued_age_s must be >= 0 seconds, got {oldest_queued_age_s}; "
+            "pass 0 when nothing is queued"
+        )
+    if not (math.isfinite(startup_s) and startup_s >= 0):
+        raise ValueError(f"startup_s must be >= 0 seconds, got {startup_s}")
+    if running_workers is not None and running_workers < 0:
+        raise ValueError(
+            f"running_workers must be >= 0, got {running_workers}; pass None when unknown"
         )
     if min_workers < 0:
         raise ValueError(f"min_workers must be >= 0, got {min_workers}")
@@ -74,11 +131,22 @@ def recommend_workers(
     elif per_worker_rate is None:
         needed = 1
     else:
-        needed = math.ceil(pending / (per_worker_rate * target_s) - _ROUNDING_SLACK)
+        # Jobs one worker drains before the oldest job's deadline: a new one after its start-up.
+        per_new_worker = per_worker_rate * drain_window_s(target_s, oldest_queued_age_s, startup_s)
+        per_running_worker = per_worker_rate * drain_window_s(target_s, oldest_queued_age_s)
+        running = running_workers or 0
+        if running_workers is not None and pending <= running * per_running_worker:
+            needed = _ceil(pending / per_running_worker)  # the workers up now suffice, or fewer
+        else:
+            needed = running + _ceil((pending - running * per_running_worker) / per_new_worker)
     needed = max(needed, min_workers)
     if max_workers is not None:
         needed = min(needed, max_workers)
     return needed
+
+
+def _ceil(workers: float) -> int:
+    return math.ceil(workers - _ROUNDING_SLACK)
 
 
 @dataclass(frozen=True)
@@ -156,6 +224,11 @@ class ScalePlan:
     per_worker_images_per_s: float | None
     measured_from_workers: int
     target_seconds: float
+    oldest_queued_age_s: float  # 0 when nothing is queued
+    startup_seconds: float
+    running_workers: int | None  # None: unknown, every worker assumed to start from cold
+    window_s: float  # seconds left before the oldest queued job misses the target (floored)
+    effective_window_s: float  # of those, what a worker started now serves after its start-up
     recommended_workers: int
     reason: str
 
@@ -170,13 +243,23 @@ def plan_scale(
     throughput: Throughput,
     target_s: float,
     *,
+    oldest_queued_age_s: float = 0.0,
+    startup_s: float = 0.0,
+    running_workers: int | None = None,
     min_workers: int = 0,
     max_workers: int | None = None,
 ) -> ScalePlan:
     """``recommend_workers`` for one model, with a sentence saying how the number came about."""
     rate = throughput.per_worker_images_per_s
-    unclamped = recommend_workers(pending, rate, target_s)
-    workers = recommend_workers(pending, rate, target_s, min_workers, max_workers)
+    sizing = {
+        "oldest_queued_age_s": oldest_queued_age_s,
+        "startup_s": startup_s,
+        "running_workers": running_workers,
+    }
+    unclamped = recommend_workers(pending, rate, target_s, **sizing)
+    workers = recommend_workers(pending, rate, target_s, min_workers, max_workers, **sizing)
+    window = drain_window_s(target_s, oldest_queued_age_s)
+    effective = drain_window_s(target_s, oldest_queued_age_s, startup_s)
     if pending == 0:
         reason = f"no queued or running jobs for {model}"
     elif rate is None:
@@ -185,11 +268,19 @@ def plan_scale(
             "from yet: one worker starts the work and provides the measurement"
         )
     else:
+        running = "unknown, so all of them" if running_workers is None else f"{running_workers}"
         reason = (
-            f"{pending} pending job(s) / ({rate:.3g} images/s per worker, median of "
-            f"{throughput.workers} worker(s), x {target_s:g} s = {rate * target_s:.0f} jobs "
-            f"per worker) = {unclamped} worker(s)"
+            f"{pending} pending job(s); the oldest queued one has waited {oldest_queued_age_s:.0f} "
+            f"s of the {target_s:g} s target, so they must drain within {window:.0f} s, "
+            f"{effective:.0f} s for a worker that first takes {startup_s:g} s to start (workers "
+            f"running already: {running}); at {rate:.3g} images/s per worker (median of "
+            f"{throughput.workers} worker(s)) that takes {unclamped} worker(s)"
         )
+        if target_s - oldest_queued_age_s - startup_s < MIN_WINDOW_FRACTION * target_s:
+            reason += (
+                f"; the oldest job is too close to its deadline to meet it, so the backlog is "
+                f"sized to drain within {MIN_WINDOW_FRACTION:.0%} of the target instead"
+            )
     if workers > unclamped:
         reason += f"; raised to --min-workers {min_workers}"
     elif workers < unclamped:
@@ -200,6 +291,11 @@ def plan_scale(
         per_worker_images_per_s=rate,
         measured_from_workers=throughput.workers,
         target_seconds=target_s,
+        oldest_queued_age_s=oldest_queued_age_s,
+        startup_seconds=startup_s,
+        running_workers=running_workers,
+        window_s=window,
+        effective_window_s=effective,
         recommended_workers=workers,
         reason=reason,
     )

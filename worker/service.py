@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 # Batches a worker holds at once: one sampling, one being prepared, one waiting on its uploads.
 PIPELINE_DEPTH = 3
+# Seconds one image's PNG encoding, upload and share of the result transaction may take on a healthy
+# store, per upload thread. S3 answers a PUT of a PNG in tens of milliseconds; one second leaves an
+# order of magnitude of headroom. (A store or database outage takes longer; the guarded status
+# updates make the redelivery that may cause harmless.)
+UPLOAD_ALLOWANCE_S = 1.0
 
 
 @dataclass
@@ -112,14 +117,17 @@ def check_visibility_timeout(runner: BatchRunner, settings: Settings) -> None:
     """Refuse to start if the broker could redeliver a job while this worker still holds it.
 
     A message waits at most ``max_wait`` in the batching buffer, then behind the batches already in
-    hand; each of those takes one full batch's sampling plus its uploads. A timed one-image warm-up
-    (which also warms kernels) gives the sampling estimate.
+    hand; each of those takes one full batch's sampling plus its uploads. Sampling is estimated
+    from a timed one-image run after an untimed one (the first call pays for lazy initialisation
+    and kernel warm-up: seconds on a CPU, which would make the estimate absurd for tiny models).
     """
     model = runner.sampler.model
+    runner.sampler.generate(["warm-up"], [0])
     started = time.perf_counter()
     runner.sampler.generate(["warm-up"], [0])
     one_image = time.perf_counter() - started
-    batch_seconds = one_image * settings.max_batch * 2 + 30  # x2 and 30 s for uploads and records
+    uploads = UPLOAD_ALLOWANCE_S * math.ceil(settings.max_batch / settings.upload_workers)
+    batch_seconds = one_image * settings.max_batch * 2 + uploads
     longest = settings.max_wait_ms / 1000 + (PIPELINE_DEPTH + 1) * batch_seconds
     log.info("warm-up of %s: %.2fs per image; longest batch ~%.0fs", model.name, one_image, longest)
     if settings.visibility_timeout_s < longest:

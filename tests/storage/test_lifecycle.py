@@ -265,3 +265,22 @@ def test_any_sequence_of_messages_follows_the_state_machine(
             job = get_job(session, job_id)
             assert job is not None
             assert (job.status, job.attempts) == (status, attempts), f"after {operation}"
+
+
+def test_only_a_job_whose_worker_stopped_heart_beating_can_be_reclaimed(engine: Engine) -> None:
+    start = utcnow() - timedelta(minutes=10)
+    _, ids = add_submission(engine, 2)
+    with session_scope(engine) as session:
+        job_store.claim_jobs(session, ids, worker="dead", batch_id="b", batch_size=2, now=start)
+        job_store.heartbeat(session, "dead", job_ids=ids[1:])  # ids[1] is still alive
+    cutoff = utcnow() - timedelta(minutes=5)
+    with session_scope(engine) as session:
+        reclaim = job_store.reclaim_abandoned
+        won = reclaim(
+            session, ids, worker="new", batch_id="c", batch_size=2, heartbeat_before=cutoff
+        )
+        again = reclaim(session, ids, worker="other", batch_id="d", batch_size=2,
+                        heartbeat_before=cutoff)  # fmt: skip
+        jobs = load_jobs(session, ids)
+    assert (won, again) == ([ids[0]], [])
+    assert [(job.worker, job.attempts) for job in jobs] == [("new", 2), ("dead", 1)]
