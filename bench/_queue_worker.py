@@ -113,6 +113,7 @@ class QueueRun:
     steady_images: int  # jobs recorded after the first batch
     steady_s: float  # first batch recorded -> last batch recorded
     batch_sizes: list[int]  # one entry per job: the size of the delivery it came in
+    delivery_sizes: list[int]  # one entry per delivery (batch_id): jobs it recorded
     sample_s: list[float]  # one entry per batch
     upload_s: list[float]  # one entry per job
     max_batch: int
@@ -169,6 +170,7 @@ def read_run(settings: Settings, submission_id: str, max_batch: int) -> QueueRun
         steady_images=sum(size for _, size, _ in ends[1:]),
         steady_s=steady_s,
         batch_sizes=[row.batch_size for row in done],
+        delivery_sizes=[len(members) for members in batches.values()],
         sample_s=[sample for _, _, sample in ends],
         upload_s=[row.upload_s for row in done],
         max_batch=max_batch,

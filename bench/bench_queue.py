@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     parser.add_argument("--json", help="also write every number to this file")
+    parser.add_argument("--keep-logs", help="copy the worker logs into this folder")
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.burst, args.raw_batches = _unpairs(args.burst), _unpairs(args.raw_batches)
@@ -208,7 +211,7 @@ def print_submit(submit: dict[str, Any]) -> None:
     print("|---|---:|---:|---:|---:|")
     for row in submit["stages"]:
         if row.get("part"):
-            print(f"| {row['stage']} | | | | {row['cpu_s']:.2f} |")
+            print(f"| {row['stage']} | {row['wall_s']:.3f} | | | {row['cpu_s']:.2f} |")
             continue
         cpu = "" if row["cpu_s"] is None else f"{row['cpu_s']:.2f}"
         share = row["wall_s"] / submit["wall_s"]
@@ -279,6 +282,9 @@ def bench_model(
     finally:
         exit_code = worker.stop()
         deleted = delete_queue_keys(services.redis_url, queue_name(str(model)))
+        if args.keep_logs:
+            Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+            shutil.copy(worker.log, Path(args.keep_logs) / worker.log.name)
     raws += measure_raw(raw, shape, "after", args)
 
     store = open_store(services.storage_url, endpoint_url=services.s3_endpoint, region="us-east-1")
@@ -346,6 +352,7 @@ def _run(run: QueueRun) -> dict[str, Any]:
         "fill": run.fill,
         "max_batch": run.max_batch,
         "batch_size_min_median_max": [sizes[0], statistics.median(sizes), sizes[-1]],
+        "deliveries_by_size": dict(sorted(Counter(run.delivery_sizes).items())),
         "sample_s_median": statistics.median(run.sample_s),
         "sampling_share": run.sampling_share,
         "upload_s_median": statistics.median(run.upload_s),
@@ -390,7 +397,7 @@ def print_model(shape: str, result: dict[str, Any]) -> None:
         f"deliveries; median upload {burst['upload_s_median'] * 1000:.1f} ms per image"
     )
     print(
-        "\n| batch fill | jobs | mean batch_size | fill | min/median/max | publish->recorded "
+        "\n| batch fill | jobs | mean batch_size | fill | deliveries by size | publish->recorded "
         "p50/p95 s |"
     )
     print("|---|---:|---:|---:|---|---|")
@@ -403,8 +410,12 @@ def print_model(shape: str, result: dict[str, Any]) -> None:
         latency_text = f"{latency[0]:.2f} / {latency[1]:.2f}" if latency else ""
         print(
             f"| {label} | {run['jobs']} | {run['mean_batch_size']:.2f} | {run['fill']:.2f} | "
-            f"{run['batch_size_min_median_max']} | {latency_text} |"
+            f"{_sizes(run['deliveries_by_size'])} | {latency_text} |"
         )
+
+
+def _sizes(counts: dict[int, int]) -> str:
+    return ", ".join(f"{count}x{size}" for size, count in counts.items())
 
 
 def print_verdicts(results: dict[str, Any]) -> None:

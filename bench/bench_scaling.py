@@ -4,22 +4,30 @@ how many GPU-seconds does that cost over the least the work needs?
 A discrete-time simulation (1 s steps, no sleeping; a six-hour day runs in about a second). Jobs
 arrive in a fixed bursty pattern: quiet stretches, bursts of thousands at once or over a minute,
 and a trickle. Every ``eval_s`` simulated seconds a controller asks ``producer.fleet
-.recommend_workers`` (the function ``loopfree scale`` runs) for a worker count from the pending jobs
-and the measured per-worker rate; new workers serve only after ``startup_s`` (node, image, model
-load). Workers drain the queue first in, first out, as a fluid at ``rate`` jobs/s each.
+.recommend_workers`` (the function ``loopfree scale`` and the exporter run) for a worker count;
+new workers serve only after ``startup_s`` (node, image, model load). Workers drain the queue
+first in, first out, as a fluid at ``rate`` jobs/s each.
 
-Two ways of acting on the recommendation:
+Two ways of computing the count:
 
-* ``keda``: what docker/k8s/scaledobject.yaml configures: ``ceil(pending / threshold)`` with a
-  fixed threshold (= rate x target, so never "unmeasured"). Scale up at most to max(2x, +4)
-  workers per 15 s (the HPA default), down to the highest recommendation of the last 300 s and by
-  at most one worker a minute, and to zero after 600 s with nothing pending.
+* ``plain``: ``recommend_workers(pending, rate, target - headroom)``, a fresh full target every
+  evaluation. What ``loopfree scale`` did before it became deadline-aware, and what a KEDA
+  threshold on ``loopfree_pending_jobs`` computes.
+* ``deadline``: what ``loopfree scale`` and ``loopfree_recommended_workers`` compute now: drain
+  the pending jobs before the oldest queued one has waited the target, workers not yet running
+  losing ``startup_allowance_s`` to their start-up. ``knows_running``: the serving workers are
+  passed as ``running_workers`` (``loopfree scale --running-workers``); otherwise every worker is
+  assumed to start from cold (the exporter, and ``scale`` without the option).
+
+Two ways of acting on it:
+
+* ``keda``: docker/k8s/scaledobject.yaml and the HPA defaults: the count as the HPA's desired
+  replicas (``ceil(pending / threshold)`` with a fixed threshold = rate x target for ``plain``, so
+  never "unmeasured"; ``ceil(recommended / 1)`` for ``deadline``). Scale up at most to max(2x, +4)
+  workers per 15 s, down to the highest recommendation of the last 300 s and by at most one
+  worker a minute, and to zero after 600 s with nothing pending.
 * ``direct``: ``loopfree scale`` run every ``eval_s`` seconds (cron, a timer) and the count it
   prints applied at once, up or down; one worker until a rate has been measured.
-
-``deadline_aware`` scenarios size for the time the oldest waiting job has left (target - headroom -
-its age so far) rather than the whole target: not what ``loopfree scale`` does today, see
-BENCHMARKS_fleet.md.
 
 Reported per scenario: max / p95 / p50 queue wait (arrival to the start of service), the share of
 jobs that waited longer than the target, worker-hours used (starting workers included: they hold a
@@ -63,14 +71,15 @@ class Arrival:
 class Scenario:
     name: str
     policy: str = "keda"  # "keda" or "direct"
+    controller: str = "plain"  # "plain" or "deadline"
     rate: float = 4.0  # jobs/s one running worker drains (batch 16 in about 4 s)
     measured_factor: float = 1.0  # the rate the controller sizes with / the true rate
     measured_at_start: bool = False  # direct: a measurement from earlier runs exists at t = 0
     target_s: float = 300.0
-    headroom_s: float = 0.0  # the controller sizes for target_s - headroom_s
-    # Size for the time the oldest pending job has left: target - headroom - its age so far.
-    deadline_aware: bool = False
-    startup_s: float = 60.0
+    headroom_s: float = 0.0  # plain: the controller sizes for target_s - headroom_s
+    startup_allowance_s: float = 60.0  # deadline: the start-up the controller is told about
+    knows_running: bool = False  # deadline: the serving workers are passed as running_workers
+    startup_s: float = 60.0  # the start-up workers really take
     eval_s: float = 15.0
     max_workers: int | None = None
     cooldown_s: float = 600.0  # keda: nothing pending this long -> zero workers
@@ -116,6 +125,8 @@ def simulate(
     s = scenario
     if s.policy not in ("keda", "direct"):
         raise ValueError(f"policy must be 'keda' or 'direct', got {s.policy!r}")
+    if s.controller not in ("plain", "deadline"):
+        raise ValueError(f"controller must be 'plain' or 'deadline', got {s.controller!r}")
     fleet = Fleet(s)
     eval_every = max(1, round(s.eval_s / s.dt))
     queue: deque[list[float]] = deque()  # [arrival time, jobs left], oldest first
@@ -136,10 +147,20 @@ def simulate(
         if step % eval_every == 0:
             pending = math.ceil(queued - 1e-9)
             rate = s.rate * s.measured_factor if measured else None
-            budget = s.target_s - s.headroom_s
-            if s.deadline_aware and queue:
-                budget = max(s.eval_s, budget - (t - queue[0][0]))
-            want = recommend_workers(pending, rate, budget, max_workers=s.max_workers)
+            if s.controller == "plain":
+                want = recommend_workers(
+                    pending, rate, s.target_s - s.headroom_s, max_workers=s.max_workers
+                )
+            else:
+                want = recommend_workers(
+                    pending,
+                    rate,
+                    s.target_s,
+                    max_workers=s.max_workers,
+                    oldest_queued_age_s=t - queue[0][0] if queue else 0.0,
+                    startup_s=s.startup_allowance_s,
+                    running_workers=fleet.serving(t) if s.knows_running else None,
+                )
             fleet.act(t, want, pending)
 
         capacity = fleet.serving(t) * s.rate * s.dt
@@ -253,7 +274,13 @@ def _weighted_percentile(samples: Sequence[tuple[float, float]], q: float) -> fl
     return max(value for value, _ in samples)
 
 
+SCALE = {"policy": "direct", "controller": "deadline"}  # `loopfree scale` as shipped, applied
+OLD_SCALE = {"policy": "direct", "controller": "plain"}  # `loopfree scale` before deadlines
+RECOMMENDED = {"controller": "deadline"}  # KEDA on loopfree_recommended_workers, threshold 1
+FAST_SCALE_DOWN = {"stabilization_s": 60.0, "scale_down_period_s": 15.0}
+
 SCENARIOS = (
+    # KEDA on loopfree_pending_jobs: the trigger docker/k8s/scaledobject.yaml ships.
     Scenario("keda, threshold 4/s x 300 s"),
     Scenario("keda, threshold 4/s x 240 s (headroom = startup)", headroom_s=60.0),
     # The manifest's threshold, 240 jobs = 4/s x 60 s, judged against the 300 s target here.
@@ -261,19 +288,52 @@ SCENARIOS = (
     Scenario("keda, threshold 4/s x 300 s, max 8", max_workers=8),
     Scenario("keda, threshold 25 % too high", measured_factor=1.25),
     Scenario("keda, startup 180 s", startup_s=180.0),
-    Scenario("scale every 15 s", policy="direct"),
-    Scenario("scale every 15 s, measured before t=0", policy="direct", measured_at_start=True),
-    Scenario("scale every 60 s (cron)", policy="direct", eval_s=60.0),
-    Scenario("scale every 60 s, headroom 120 s", policy="direct", eval_s=60.0, headroom_s=120.0),
     Scenario(
-        "scale every 15 s, deadline-aware", policy="direct", headroom_s=60.0, deadline_aware=True
+        "keda, threshold 4/s x 240 s, scale-down 60 s / 1 per 15 s",
+        headroom_s=60.0,
+        **FAST_SCALE_DOWN,
+    ),
+    # KEDA on loopfree_recommended_workers with threshold 1 (not what the manifest ships).
+    Scenario("keda on recommended workers", **RECOMMENDED),
+    Scenario("keda on recommended workers, max 8", max_workers=8, **RECOMMENDED),
+    Scenario(
+        "keda on recommended workers, scale-down 60 s / 1 per 15 s",
+        **RECOMMENDED,
+        **FAST_SCALE_DOWN,
     ),
     Scenario(
-        "scale every 60 s, deadline-aware",
-        policy="direct",
-        eval_s=60.0,
-        headroom_s=60.0,
-        deadline_aware=True,
+        "keda on recommended workers, startup 180 s, --startup-seconds 180",
+        startup_s=180.0,
+        startup_allowance_s=180.0,
+        **RECOMMENDED,
+    ),
+    # `loopfree scale` before this change: a fresh full target every evaluation.
+    Scenario("OLD scale every 15 s", **OLD_SCALE),
+    Scenario("OLD scale every 15 s, measured before t=0", measured_at_start=True, **OLD_SCALE),
+    Scenario("OLD scale every 60 s (cron)", eval_s=60.0, **OLD_SCALE),
+    Scenario("OLD scale every 60 s, headroom 120 s", eval_s=60.0, headroom_s=120.0, **OLD_SCALE),
+    # `loopfree scale` now: deadline-aware, --startup-seconds 60, running workers unknown.
+    Scenario("scale every 15 s", **SCALE),
+    Scenario("scale every 15 s, measured before t=0", measured_at_start=True, **SCALE),
+    Scenario("scale every 60 s (cron)", eval_s=60.0, **SCALE),
+    Scenario("scale every 15 s, --running-workers", knows_running=True, **SCALE),
+    Scenario("scale every 60 s, --running-workers", eval_s=60.0, knows_running=True, **SCALE),
+    Scenario("scale every 15 s, rate 25 % too high", measured_factor=1.25, **SCALE),
+    Scenario("scale every 15 s, --startup-seconds 0", startup_allowance_s=0.0, **SCALE),
+    Scenario("scale every 15 s, max 8", max_workers=8, **SCALE),
+    Scenario("scale every 15 s, startup 180 s, --startup-seconds 60", startup_s=180.0, **SCALE),
+    Scenario(
+        "scale every 15 s, startup 180 s, --startup-seconds 180",
+        startup_s=180.0,
+        startup_allowance_s=180.0,
+        **SCALE,
+    ),
+    Scenario(
+        "scale every 15 s, startup 180 s, --startup-seconds 180, max 30",
+        startup_s=180.0,
+        startup_allowance_s=180.0,
+        max_workers=30,
+        **SCALE,
     ),
 )
 

@@ -48,23 +48,28 @@ allowance, not a measurement: set yours from how long your workers take to becom
 start-up longer than allowed for goes straight into the queue wait (BENCHMARKS_fleet.md)."""
 
 MIN_WINDOW_FRACTION = 0.1
-"""The shortest drain window, as a share of the target. Once the oldest queued job is within a
-start-up of its deadline, or past it, ``target - age - start-up`` is zero or negative and the count
-would be infinite or meaningless. Sizing for 10 % of the target instead asks for at most 10x the
-workers a fresh backlog of the same size gets: enough to catch up within a few evaluations, and
-bounded, so that one job that is late anyway (a requeued failure, a lost message found again)
-cannot ask for a thousand GPUs. ``--max-workers`` (``maxReplicaCount``) caps it further."""
+"""The shortest window a worker started now is sized for, as a share of the target. Once the
+oldest queued job is within a start-up of its deadline, or past it, ``target - age - start-up`` is
+zero or negative: no new worker can serve that job in time, and the count would be infinite or
+meaningless. Sizing new workers to drain the backlog within 10 % of the target after they start
+asks for at most 10x the workers a fresh backlog of the same size gets: enough to catch up within
+a few evaluations, and finite, so that one job that is late anyway (a requeued failure, a lost
+message found again) cannot ask for a thousand GPUs. ``--max-workers`` (``maxReplicaCount``) caps
+it further. Larger floors (20-50 %) cost less GPU time in the simulation but let the tail of a
+burst miss the target (BENCHMARKS_fleet.md)."""
 
 
-def drain_window_s(
-    target_s: float, oldest_queued_age_s: float = 0.0, startup_s: float = 0.0
-) -> float:
-    """Seconds a worker has to drain the backlog before the oldest queued job misses the target:
-    ``target - oldest age - start-up``, at least ``MIN_WINDOW_FRACTION`` of the target.
+def time_left_s(target_s: float, oldest_queued_age_s: float = 0.0) -> float:
+    """Seconds before the oldest queued job has waited ``target_s``; 0 once it has."""
+    return max(target_s - oldest_queued_age_s, 0.0)
 
-    Pass ``startup_s`` for a worker that is not running yet; a running worker serves at once.
-    """
-    return max(target_s - oldest_queued_age_s - startup_s, MIN_WINDOW_FRACTION * target_s)
+
+def startup_window_s(target_s: float, oldest_queued_age_s: float, startup_s: float) -> float:
+    """Seconds a worker started now drains for: ``time_left_s`` less its start-up, at least
+    ``MIN_WINDOW_FRACTION`` of the target (see there)."""
+    return max(
+        time_left_s(target_s, oldest_queued_age_s) - startup_s, MIN_WINDOW_FRACTION * target_s
+    )
 
 
 def recommend_workers(
@@ -81,25 +86,25 @@ def recommend_workers(
     """Workers that drain ``pending`` jobs, at ``per_worker_rate`` images/s each, before the oldest
     queued job has waited ``target_s`` seconds; clamped to ``[min_workers, max_workers]``.
 
-    The backlog has ``target - oldest_queued_age_s`` seconds left, not a fresh ``target_s`` every
-    evaluation: sizing each evaluation for the full target lets a burst's last jobs wait several
-    targets (BENCHMARKS_fleet.md). A worker that is not running yet first loses ``startup_s`` of
-    that to its start-up. ``running_workers`` already serve and keep the whole window; ``None``
-    means the count is unknown and every worker is assumed to start from cold, which asks for a
-    few more workers than needed while the fleet is up and never too few. Windows are at least
-    ``MIN_WINDOW_FRACTION`` of the target (see there), so a backlog that is late already gets a
-    large but finite fleet.
+    The backlog has ``target - oldest_queued_age_s`` seconds left (``time_left_s``), not a fresh
+    ``target_s`` every evaluation: sizing every evaluation for the full target lets the last jobs
+    of a burst wait several targets (BENCHMARKS_fleet.md). A worker that is not running yet loses
+    ``startup_s`` of that to its start-up, and is sized for at least ``MIN_WINDOW_FRACTION`` of
+    the target (``startup_window_s``), so a backlog that is late already gets a large but finite
+    fleet.
 
-    With ``running_workers=c`` known: if they drain the backlog in time, fewer may do
-    (``ceil(pending / (rate x window))``, no start-up); otherwise the jobs they cannot drain are
-    shared among new workers, ``c + ceil(rest / (rate x (window - startup)))``.
+    ``running_workers`` already serve and have the whole time left: if they drain the backlog in
+    time, fewer of them may do (``ceil(pending / (rate x time left))``); if not, the jobs they
+    cannot drain are shared among new workers (``running + ceil(rest / (rate x startup
+    window))``). ``None`` means the count is unknown and every worker is sized as if starting from
+    cold: a few more workers than needed while the fleet is up, never too few.
 
     No pending work asks for no workers (scale to zero). Work but no measurement yet
     (``per_worker_rate=None``) asks for one worker: it starts the work and, by finishing jobs,
     produces the measurement the next evaluation sizes the fleet from.
 
-    The defaults (``oldest_queued_age_s=0``, ``startup_s=0``) size a fresh backlog for workers
-    already running: ``ceil(pending / (rate x target))``.
+    With the defaults (a backlog queued just now, workers that start at once) this is
+    ``ceil(pending / (rate x target))``.
     """
     if pending < 0:
         raise ValueError(f"pending must be >= 0 (a count of jobs), got {pending}")
@@ -131,14 +136,14 @@ def recommend_workers(
     elif per_worker_rate is None:
         needed = 1
     else:
-        # Jobs one worker drains before the oldest job's deadline: a new one after its start-up.
-        per_new_worker = per_worker_rate * drain_window_s(target_s, oldest_queued_age_s, startup_s)
-        per_running_worker = per_worker_rate * drain_window_s(target_s, oldest_queued_age_s)
+        # Jobs one worker drains before the oldest job's deadline: a running one, a new one.
+        per_running = per_worker_rate * time_left_s(target_s, oldest_queued_age_s)
+        per_new = per_worker_rate * startup_window_s(target_s, oldest_queued_age_s, startup_s)
         running = running_workers or 0
-        if running_workers is not None and pending <= running * per_running_worker:
-            needed = _ceil(pending / per_running_worker)  # the workers up now suffice, or fewer
+        if pending <= running * per_running:
+            needed = _ceil(pending / per_running)  # the workers up now suffice, or fewer of them
         else:
-            needed = running + _ceil((pending - running * per_running_worker) / per_new_worker)
+            needed = running + _ceil((pending - running * per_running) / per_new)
     needed = max(needed, min_workers)
     if max_workers is not None:
         needed = min(needed, max_workers)
@@ -258,8 +263,8 @@ def plan_scale(
     }
     unclamped = recommend_workers(pending, rate, target_s, **sizing)
     workers = recommend_workers(pending, rate, target_s, min_workers, max_workers, **sizing)
-    window = drain_window_s(target_s, oldest_queued_age_s)
-    effective = drain_window_s(target_s, oldest_queued_age_s, startup_s)
+    window = time_left_s(target_s, oldest_queued_age_s)
+    effective = startup_window_s(target_s, oldest_queued_age_s, startup_s)
     if pending == 0:
         reason = f"no queued or running jobs for {model}"
     elif rate is None:
@@ -268,18 +273,21 @@ def plan_scale(
             "from yet: one worker starts the work and provides the measurement"
         )
     else:
-        running = "unknown, so all of them" if running_workers is None else f"{running_workers}"
+        if running_workers is None:
+            running = "how many run is unknown, so every worker is counted as starting"
+        else:
+            running = f"the {running_workers} worker(s) already running keep all {window:.0f} s"
         reason = (
-            f"{pending} pending job(s); the oldest queued one has waited {oldest_queued_age_s:.0f} "
-            f"s of the {target_s:g} s target, so they must drain within {window:.0f} s, "
-            f"{effective:.0f} s for a worker that first takes {startup_s:g} s to start (workers "
-            f"running already: {running}); at {rate:.3g} images/s per worker (median of "
+            f"{pending} pending job(s); the oldest queued one has waited "
+            f"{oldest_queued_age_s:.0f} s of the {target_s:g} s target, leaving {window:.0f} s, "
+            f"{effective:.0f} s for a worker that first takes {startup_s:g} s to start "
+            f"({running}); at {rate:.3g} images/s per worker (median of "
             f"{throughput.workers} worker(s)) that takes {unclamped} worker(s)"
         )
         if target_s - oldest_queued_age_s - startup_s < MIN_WINDOW_FRACTION * target_s:
             reason += (
-                f"; the oldest job is too close to its deadline to meet it, so the backlog is "
-                f"sized to drain within {MIN_WINDOW_FRACTION:.0%} of the target instead"
+                f"; too little time is left for a worker started now, so it is given the floor "
+                f"of {MIN_WINDOW_FRACTION * 100:g} % of the target: the oldest jobs may be late"
             )
     if workers > unclamped:
         reason += f"; raised to --min-workers {min_workers}"

@@ -9,10 +9,22 @@ from typing import Annotated
 import typer
 
 from loopfree.settings import get_settings
+from producer.fleet import DEFAULT_STARTUP_S, DEFAULT_TARGET_S
 
-DEFAULT_TARGET_S = 300.0
-"""Seconds a backlog may take to drain by default: five minutes keeps a burst of a few thousand
-jobs to a handful of GPUs while a cold start (about a minute) stays a fraction of the wait."""
+# Shared by `metrics` (loopfree_recommended_workers) and `scale`, so both size alike.
+TargetSeconds = Annotated[
+    float,
+    typer.Option(
+        min=1.0, help="Longest a job should wait in the queue: the oldest queued job's deadline."
+    ),
+]
+StartupSeconds = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Seconds a worker that is not running yet needs before its first batch (model load).",
+    ),
+]
 
 
 def metrics(
@@ -27,9 +39,12 @@ def metrics(
             help="Report this model even with no jobs (repeatable; default: LOOPFREE_MODEL)."
         ),
     ] = None,
+    target_seconds: TargetSeconds = DEFAULT_TARGET_S,
+    startup_seconds: StartupSeconds = DEFAULT_STARTUP_S,
 ) -> None:
-    """Serve job counts, pending jobs per model (the scaling signal), queue depths and measured
-    worker throughput for Prometheus. Runs until SIGTERM or Ctrl-C."""
+    """Serve job counts, pending jobs per model (the scaling signal), the oldest queued job's age,
+    the workers `scale` would recommend, queue depths and measured worker throughput for
+    Prometheus. Runs until SIGTERM or Ctrl-C."""
     import logging
     import signal
     import threading
@@ -43,7 +58,13 @@ def metrics(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     models = [canonical_model(name) for name in (model or [settings.model])]
     engine = make_engine(settings.resolved_database_url)
-    collector = FleetCollector(engine, make_celery(settings), models=models)
+    collector = FleetCollector(
+        engine,
+        make_celery(settings),
+        models=models,
+        target_s=target_seconds,
+        startup_s=startup_seconds,
+    )
     stop = threading.Event()
     # SIGTERM (docker stop, a pod being replaced) ends the loop like Ctrl-C, with a clean exit.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
@@ -59,19 +80,28 @@ def scale(
     model: Annotated[
         str | None, typer.Option(help="The model whose workers to size (default: LOOPFREE_MODEL).")
     ] = None,
-    target_seconds: Annotated[
-        float, typer.Option(min=1.0, help="Drain the pending jobs within this many seconds.")
-    ] = DEFAULT_TARGET_S,
+    target_seconds: TargetSeconds = DEFAULT_TARGET_S,
+    startup_seconds: StartupSeconds = DEFAULT_STARTUP_S,
+    running_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Workers of MODEL already running (model loaded): they do not pay "
+            "--startup-seconds. Default: unknown, every worker is assumed to start from cold.",
+        ),
+    ] = None,
     min_workers: Annotated[int, typer.Option(min=0, help="Never recommend fewer.")] = 0,
     max_workers: Annotated[int | None, typer.Option(min=0, help="Never recommend more.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the reasoning as JSON.")] = False,
 ) -> None:
-    """Print how many workers drain MODEL's queued and running jobs within --target-seconds, at
-    the rate its workers were measured to work. Prints just the number unless --json."""
+    """Print how many workers drain MODEL's queued and running jobs before its oldest queued job
+    has waited --target-seconds, at the rate its workers were measured to work. Prints just the
+    number unless --json."""
     from loopfree.modelinfo import canonical_model
-    from producer.exporter import count_pending, measure_throughput
+    from producer.exporter import age_s, count_pending, measure_throughput, oldest_queued_at
     from producer.fleet import plan_scale
     from storage.db import make_engine, session_scope
+    from storage.models import utcnow
 
     if max_workers is not None and max_workers < min_workers:
         raise typer.BadParameter(
@@ -84,6 +114,7 @@ def scale(
     try:
         with session_scope(engine) as session:
             pending = count_pending(session, name)
+            oldest = oldest_queued_at(session, name)
             throughput = measure_throughput(session, name)
     finally:
         engine.dispose()
@@ -92,6 +123,9 @@ def scale(
         pending,
         throughput,
         target_seconds,
+        oldest_queued_age_s=age_s(oldest, utcnow()),
+        startup_s=startup_seconds,
+        running_workers=running_workers,
         min_workers=min_workers,
         max_workers=max_workers,
     )

@@ -107,7 +107,8 @@ def submit_file(
             webhook_url=webhook_url,
         )
         before = 0 if ref.created else _count_jobs(session, ref.id)
-        insert_jobs(session, ref.id, new_jobs)
+        # A new submission takes the COPY fast path; a resumed one skips positions it has.
+        insert_jobs(session, ref.id, new_jobs, skip_existing=not ref.created)
     with session_scope(engine) as session:
         to_publish = _queued_jobs(session, ref.id)
     published = publish_jobs(app, to_publish)

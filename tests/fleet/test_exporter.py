@@ -23,7 +23,7 @@ from producer.exporter import FleetCollector, collect_fleet_metrics, render
 from storage import jobs as job_store
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade
-from storage.models import Job, JobStatus
+from storage.models import Job, JobStatus, utcnow
 from tests.conftest import free_port
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs
 
@@ -118,6 +118,36 @@ def test_throughput_is_the_median_workers_rate_over_busy_time_within_the_lookbac
     assert value(samples, "loopfree_throughput_workers", model="fleet-test/no-jobs") == 0
 
 
+def test_the_oldest_queued_jobs_age_and_the_recommended_workers_are_served_per_model(
+    engine: Engine, seeded: Seeded
+):
+    collector = FleetCollector(engine, None, models=["fleet-test/no-jobs"])
+    collector.refresh()
+    samples = scrape(collector)
+    age = "loopfree_oldest_queued_age_seconds"
+    recommended = "loopfree_recommended_workers"
+    # MODEL_A's 3 queued jobs were created three days before seeded.base (an hour ago): long
+    # late, so new workers get the 30 s floor: 5 / (2.667 x 30) -> 1 worker.
+    assert value(samples, age, model=MODEL_A) == pytest.approx(3 * 86_400 + 3_600, abs=60)
+    assert value(samples, recommended, model=MODEL_A) == 1
+    # Nothing queued: age 0 and no worker, rather than no series (KEDA would read "no data").
+    for idle in (MODEL_B, "fleet-test/no-jobs"):
+        assert value(samples, age, model=idle) == 0
+        assert value(samples, recommended, model=idle) == 0
+
+
+def test_recommended_workers_use_the_exporters_target_and_start_up(engine: Engine, seeded: Seeded):
+    # MODEL_B's workers drain 0.5 jobs/s. 250 jobs queued 100 s ago: 200 s left of 300 s, 140 s
+    # after a 60 s start-up: 250 / (0.5 x 140) = 3.6 -> 4; without a start-up 250 / 100 -> 3.
+    add_jobs(engine, MODEL_B, 250, now=utcnow() - timedelta(seconds=100))
+    for startup_s, workers in ((60.0, 4), (0.0, 3)):
+        collector = FleetCollector(engine, None, target_s=300, startup_s=startup_s)
+        snapshot = collector.refresh()
+        assert snapshot.oldest_queued_age_s[MODEL_B] == pytest.approx(100, abs=20)
+        samples = scrape(collector)
+        assert value(samples, "loopfree_recommended_workers", model=MODEL_B) == workers
+
+
 def test_scrapes_serve_the_last_refresh_until_the_next_one(engine: Engine, seeded: Seeded):
     collector = FleetCollector(engine, None)
     assert scrape(collector) == {}  # nothing before the first refresh
@@ -151,6 +181,9 @@ def test_pending_is_counted_afresh_every_refresh_and_finished_jobs_on_full_refre
     assert value(samples, "loopfree_jobs", model=MODEL_A, status="succeeded") == 17  # as before
     assert value(samples, "loopfree_pending_jobs", model="fleet-test/arrived") == 1
     assert value(samples, "loopfree_jobs", model="fleet-test/arrived", status="failed") == 0
+    # The oldest queued job is looked up on every refresh; a model not measured yet gets one worker.
+    assert value(samples, "loopfree_oldest_queued_age_seconds", model="fleet-test/arrived") < 60
+    assert value(samples, "loopfree_recommended_workers", model="fleet-test/arrived") == 1
     rate = "loopfree_worker_throughput_images_per_second"
     assert value(samples, rate, model=MODEL_A) == pytest.approx(seeded.median_rate_a)
 
@@ -172,7 +205,14 @@ def test_an_unreachable_database_reads_as_down_and_its_gauges_are_left_out():
     assert snapshot.database_up is False
     samples = parse(render(snapshot))
     assert value(samples, "loopfree_database_up") == 0
-    assert not names(samples) & {"loopfree_jobs", "loopfree_pending_jobs"}
+    # Left out, not 0: with ignoreNullValues "false", KEDA falls back to one worker instead of
+    # reading "nothing pending" and scaling to zero.
+    assert not names(samples) & {
+        "loopfree_jobs",
+        "loopfree_pending_jobs",
+        "loopfree_oldest_queued_age_seconds",
+        "loopfree_recommended_workers",
+    }
 
 
 def test_a_database_without_the_schema_reads_as_down(sqlite_url: str):
@@ -240,6 +280,7 @@ def test_the_metrics_command_serves_refreshes_and_exits_cleanly_on_sigterm(
     )
     command = [sys.executable, "-c", program, "metrics", "--port", str(port)]
     command += ["--address", "127.0.0.1", "--interval", "0.2"]
+    command += ["--target-seconds", "600", "--startup-seconds", "120"]
     log = tmp_path / "exporter.log"
     process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/metrics"
@@ -249,6 +290,8 @@ def test_the_metrics_command_serves_refreshes_and_exits_cleanly_on_sigterm(
         # LOOPFREE_MODEL is reported even though it has no job: KEDA reads 0, not "no data".
         assert value(samples, "loopfree_pending_jobs", model="fleet-test/configured") == 0
         assert value(samples, "loopfree_broker_up") == 1
+        assert value(samples, "loopfree_recommended_workers", model=unique_model) == 1
+        assert value(samples, "loopfree_recommended_workers", model="fleet-test/configured") == 0
 
         add_jobs(sqlite_engine, unique_model, 3)
         deadline = time.monotonic() + 20
