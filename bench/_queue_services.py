@@ -282,6 +282,11 @@ class WorkerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"worker not ready after {timeout_s}s; log:\n{self.tail()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the worker process has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.tail()}")

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ class RawResult:
     batch_size: int
     seconds: list[float]  # per batch: encode_text + sample
     load: float
+    cpu_s: float = 0.0  # process CPU seconds over the run (all threads)
+
+    @property
+    def cpu_per_image_ms(self) -> float:
+        return 1000 * self.cpu_s / (self.batches * self.batch_size)
 
     @property
     def images_per_s(self) -> float:
@@ -91,6 +97,7 @@ class RawSampler:
     def _run(self, batches: int, batch_size: int, mode: str) -> RawResult:
         seconds = []
         load = load_average()
+        cpu = time.process_time()
         for _ in range(batches):
             first = self.next_prompt
             self.next_prompt += batch_size
@@ -99,7 +106,8 @@ class RawSampler:
             text = self.sampler.encode_text(prompts)
             self.sampler.sample(text, list(range(first, first + batch_size)), self.size, self.size)
             seconds.append(time.perf_counter() - started)
-        return RawResult(mode, batches, batch_size, seconds, max(load, load_average()))
+        used = time.process_time() - cpu
+        return RawResult(mode, batches, batch_size, seconds, max(load, load_average()), used)
 
 
 # -- reading the database -------------------------------------------------------------------------
@@ -182,9 +190,13 @@ def read_run(settings: Settings, submission_id: str, max_batch: int) -> QueueRun
 
 
 def wait_done(
-    settings: Settings, submission_id: str, timeout_s: float, alive: Callable[[], None]
+    settings: Settings,
+    submission_id: str,
+    timeout_s: float,
+    alive: Callable[[], None],
+    on_poll: Callable[[], None] | None = None,
 ) -> None:
-    """Poll until no job of the submission is queued or running."""
+    """Poll until no job of the submission is queued or running; ``on_poll`` runs every poll."""
     from storage.db import make_engine, session_scope
     from storage.queries import count_by_status
 
@@ -193,11 +205,13 @@ def wait_done(
     try:
         while time.monotonic() < deadline:
             alive()
+            if on_poll is not None:
+                on_poll()
             with session_scope(engine) as session:
                 counts = count_by_status(session, submission_id=submission_id)
             if not any(counts[s] for s in counts if not s.is_terminal):
                 return
-            time.sleep(0.25)
+            time.sleep(0.2)
     finally:
         engine.dispose()
     raise TimeoutError(f"submission {submission_id} not finished after {timeout_s}s")
@@ -256,3 +270,31 @@ def run_stream(
     if late > max(0.5, 0.05 * duration_s):
         raise RuntimeError(f"the stream fell {late:.1f}s behind its schedule; lower the rate")
     return report.submission_id, published
+
+
+class CpuMeter:
+    """CPU seconds of the worker process and of this one (the moto S3 server), sampled at every
+    poll, so the CPU a steady window used can be read off afterwards."""
+
+    def __init__(self, cpu_of_worker: Callable[[], float]) -> None:
+        self.cpu_of_worker = cpu_of_worker
+        self.samples: list[tuple[float, float, float]] = []
+
+    def sample(self) -> None:
+        self.samples.append((time.time(), self.cpu_of_worker(), time.process_time()))
+
+    def between(self, start: float, end: float) -> tuple[float, float]:
+        """(worker, this process) CPU seconds from ``start`` to ``end``, linearly interpolated."""
+        return (
+            self._at(end, 1) - self._at(start, 1),
+            self._at(end, 2) - self._at(start, 2),
+        )
+
+    def _at(self, moment: float, column: int) -> float:
+        samples = self.samples
+        for before, after in pairwise(samples):
+            if before[0] <= moment <= after[0]:
+                span = after[0] - before[0] or 1.0
+                share = (moment - before[0]) / span
+                return before[column] + share * (after[column] - before[column])
+        return samples[-1][column] if moment > samples[-1][0] else samples[0][column]

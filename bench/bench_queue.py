@@ -65,6 +65,7 @@ from _queue_services import (  # noqa: E402
 )
 from _queue_submit import SubmitResult, run_submit  # noqa: E402
 from _queue_worker import (  # noqa: E402
+    CpuMeter,
     QueueRun,
     RawResult,
     RawSampler,
@@ -262,11 +263,16 @@ def bench_model(
     stream: QueueRun | None = None
     try:
         load = [load_average()]
-        wait_done(settings, burst_id, 900, worker.check_alive)
+        meter = CpuMeter(worker.cpu_seconds)
+        wait_done(settings, burst_id, 900, worker.check_alive, meter.sample)
         load.append(load_average())
         burst = read_run(settings, burst_id, args.max_batch)
         burst.load = load
-        burst.extra["first_batch_s"] = burst.extra.pop("first_end") - worker.started
+        first_end = burst.extra["first_end"]
+        worker_cpu, s3_cpu = meter.between(first_end, first_end + burst.steady_s)
+        burst.extra["worker_cpu_per_image_ms"] = 1000 * worker_cpu / burst.steady_images
+        burst.extra["s3_server_cpu_per_image_ms"] = 1000 * s3_cpu / burst.steady_images
+        burst.extra["first_batch_s"] = first_end - worker.started
         print(f"[{shape}] burst through the queue: {burst.images_per_s:.2f} images/s", flush=True)
         if shape == "tiny":
             rate = min(args.stream_fraction * burst.images_per_s, args.stream_max_rate)
@@ -335,6 +341,7 @@ def _raw(result: RawResult, when: tuple[str, bool]) -> dict[str, Any]:
         "batches": result.batches,
         "batch_size": result.batch_size,
         "batch_s_median": statistics.median(result.seconds),
+        "cpu_per_image_ms": result.cpu_per_image_ms,
         "load": result.load,
     }
 
@@ -358,6 +365,8 @@ def _run(run: QueueRun) -> dict[str, Any]:
         "upload_s_median": statistics.median(run.upload_s),
         "load": run.load,
         "first_batch_after_start_s": run.extra.get("first_batch_s"),
+        "worker_cpu_per_image_ms": run.extra.get("worker_cpu_per_image_ms"),
+        "s3_server_cpu_per_image_ms": run.extra.get("s3_server_cpu_per_image_ms"),
         "rate": run.extra.get("rate"),
     }
     if run.latency_s:
@@ -376,16 +385,19 @@ def _quantile(values: list[float], q: float) -> float:
 def print_model(shape: str, result: dict[str, Any]) -> None:
     burst, size = result["burst"], result["size"]
     print(f"\n## {shape} model ({size} px), batch {burst['max_batch']}\n")
-    print("| measurement | images/s | batch s (median) | load avg |")
-    print("|---|---:|---:|---|")
+    print("| measurement | images/s | batch s (median) | CPU ms per image | load avg |")
+    print("|---|---:|---:|---:|---|")
     for raw in result["raw"]:
         label = f"raw sampler {raw['when']}, {raw['mode']}"
         print(
-            f"| {label} | {raw['images_per_s']:.2f} | {raw['batch_s_median']:.3f} | {raw['load']} |"
+            f"| {label} | {raw['images_per_s']:.2f} | {raw['batch_s_median']:.3f} | "
+            f"{raw['cpu_per_image_ms']:.1f} | {raw['load']} |"
         )
     print(
         f"| through the queue, steady state | {burst['images_per_s']:.2f} | "
-        f"{burst['sample_s_median']:.3f} (sampler) | {burst['load']} |"
+        f"{burst['sample_s_median']:.3f} (sampler call) | "
+        f"{burst['worker_cpu_per_image_ms']:.1f} worker + "
+        f"{burst['s3_server_cpu_per_image_ms']:.1f} moto S3 | {burst['load']} |"
     )
     low, high = result["ratio_range"]
     print(

@@ -329,6 +329,13 @@ SCENARIOS = (
         **SCALE,
     ),
     Scenario(
+        "scale every 15 s, startup 180 s, --startup-seconds 180, measured before t=0",
+        startup_s=180.0,
+        startup_allowance_s=180.0,
+        measured_at_start=True,
+        **SCALE,
+    ),
+    Scenario(
         "scale every 15 s, startup 180 s, --startup-seconds 180, max 30",
         startup_s=180.0,
         startup_allowance_s=180.0,

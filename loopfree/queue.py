@@ -25,6 +25,9 @@ QUEUE_PREFIX = "loopfree."
 # Celery's Redis transport groups priorities 0-9 into these steps; 0 is served first.
 PRIORITY_STEPS = [0, 3, 6, 9]
 PRIORITY_VALUES = {"high": 9, "normal": 5, "low": 0}
+# The error recorded on a job the reconciler takes back from a worker that stopped heart-beating.
+# Workers run such jobs alone (see ``worker.batch``): the job may be what stopped it.
+WORKER_STOPPED = "worker stopped"
 
 
 def queue_name(model: str) -> str:

@@ -122,7 +122,7 @@ def count_pending(session: Session, model: str) -> int:
 def oldest_queued_at(session: Session, model: str) -> datetime | None:
     """When the oldest queued job of ``model`` was created; ``None`` when none is queued. A MIN
     over the queued range of ``ix_jobs_model_status`` (or ``ix_jobs_status``): its cost follows the
-    backlog, about 3 ms for 5,000 queued jobs on PostgreSQL, not the table."""
+    backlog (a few ms for 5,000 queued jobs on PostgreSQL), not the table."""
     statement = select(func.min(Job.created_at)).where(
         Job.model == model, Job.status == JobStatus.QUEUED
     )

@@ -203,7 +203,7 @@ def requeue(settings: Settings, *, stuck: bool, failed: bool, submission_id: str
     every queued job older than that is published again (duplicates are harmless). ``--failed``:
     failed jobs are queued again with fresh attempts.
     """
-    from loopfree.queue import make_celery, publish_jobs
+    from loopfree.queue import WORKER_STOPPED, make_celery, publish_jobs
     from storage.jobs import release_for_retry, requeue_failed
     from storage.queries import find_stale_queued, find_stuck_running
 
@@ -216,7 +216,7 @@ def requeue(settings: Settings, *, stuck: bool, failed: bool, submission_id: str
         if stuck:
             for job in find_stuck_running(session, heartbeat_before=cutoff, limit=1_000_000):
                 if submission_id is None or job.submission_id == submission_id:
-                    released += release_for_retry(session, job.id, error="worker stopped")
+                    released += release_for_retry(session, job.id, error=WORKER_STOPPED)
         stale = find_stale_queued(
             session, created_before=utcnow() if (failed or stuck) else cutoff, limit=10_000_000
         )

@@ -1,4 +1,4 @@
-"""Real processes for tests: ``loopfree`` workers and commands, and private servers a test may break.
+"""Real processes for tests: ``loopfree`` workers and commands, private servers a test may break.
 
 Everything here starts an actual process (or a real server socket) and stops it the way an
 operator or a crash would: SIGTERM, SIGKILL, ``pg_ctl stop``, a Redis ``SHUTDOWN``. Fault tests

@@ -21,13 +21,21 @@ from datetime import timedelta
 from typing import TypeVar
 
 import torch
+from sqlalchemy import select
 
-from loopfree.errors import DatabaseUnavailable, InvalidJob, LoopfreeError, RetryableError
+from loopfree.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    InvalidJob,
+    LoopfreeError,
+    RetryableError,
+)
 from loopfree.jobspec import validate_job
+from loopfree.queue import WORKER_STOPPED
 from loopfree.webhooks import post_summary
 from storage import jobs as job_store
 from storage.db import session_scope
-from storage.models import Job, utcnow
+from storage.models import Job, JobStatus, utcnow
 from storage.queries import load_jobs
 from worker.imaging import encode_png
 from worker.metrics import WorkerMetrics
@@ -37,10 +45,9 @@ from worker.text import TextEncoderCache
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Decoder activations grow with batch x timesteps x pixels: at sizes above the model's native one
-# the batch cap shrinks in proportion, so a batch costs about the same memory at any size.
-# How long a worker keeps finished results while the database is unreachable. Past it the jobs stay
-# `running`; their heartbeats stop and the reconciler hands them to another worker.
+# How long a delivery keeps retrying the database (claims, finished results) while it is
+# unreachable. Past it the delivery gives up: its jobs' heartbeats stop, and a redelivery or the
+# reconciler hands them to another worker.
 RECORD_TIMEOUT_S = 300.0
 Publish = Callable[[Sequence[Job], float], None]
 
@@ -111,41 +118,116 @@ class BatchRunner:
         self.decoder_chunk = decoder_chunk
         self.metrics = metrics or WorkerMetrics.disabled()
         self.gpu_lock = threading.Lock()
+        # Suspects (see ``run``) run one at a time, so one that kills the process takes no other
+        # suspect's attempt with it.
+        self.suspect_lock = threading.Lock()
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
 
     # -- the whole delivery ---------------------------------------------------------------------
 
     def run(self, job_ids: Sequence[str]) -> BatchReport:
+        """Render and record one delivery. Jobs whose last attempt died with its worker (a crash,
+        a kill, an out-of-memory kill) may be what killed it: they are claimed and run alone,
+        after the rest, so a job that crashes the process costs its batch-mates nothing and ends
+        ``failed`` once its attempts are spent."""
         report = BatchReport(batch_id=uuid.uuid4().hex[:16], delivered=len(job_ids))
-        jobs = self.claim(job_ids, report)
-        pending: list[tuple[Rendered, Future]] = []
-        for key, group in self.plan(jobs):
-            for rendered in self.render(key, group, report):
-                pending.append((rendered, self.uploads.submit(self.store_image, rendered)))
-        self.record(pending, report)
-        self.finish_submissions({job.submission_id for job in jobs})
+        unique_ids = list(dict.fromkeys(job_ids))
+        suspects = self.database(lambda: self.find_suspects(unique_ids))
+        jobs = self.process([job_id for job_id in unique_ids if job_id not in suspects], report)
+        for job_id in [job_id for job_id in unique_ids if job_id in suspects]:
+            with self.suspect_lock:
+                jobs += self.process([job_id], report)
+        report.skipped = len(job_ids) - report.claimed
+        self.database(lambda: self.finish_submissions({job.submission_id for job in jobs}))
         self.metrics.batch_done(report, self.max_batch)
         return report
 
+    def process(self, job_ids: Sequence[str], report: BatchReport) -> list[Job]:
+        """Claim, render, store and record ``job_ids``; returns the jobs claimed."""
+        if not job_ids:
+            return []
+        jobs = self.claim(job_ids, report)
+        try:
+            pending: list[tuple[Rendered, Future]] = []
+            for key, group in self.plan(jobs):
+                for rendered in self.render(key, group, report):
+                    pending.append((rendered, self.uploads.submit(self.store_image, rendered)))
+            self.record(pending, report)
+        except Exception as error:
+            self.give_back(jobs, report, f"the worker failed: {type(error).__name__}: {error}")
+            raise
+        finally:
+            self.release_hold(jobs)
+        return jobs
+
+    def database(self, call: Callable[[], T]) -> T:
+        """``call`` (one transaction), retried while the database is unreachable, within a bound."""
+        return retry_while_unavailable(call, self.record_timeout_s)
+
+    def held_job_ids(self) -> list[str]:
+        """The jobs this worker is working on now: the ones its heartbeat keeps alive. A job it
+        dropped (after an unexpected error) goes stale, and is taken over by a redelivery or the
+        reconciler instead of looking busy forever."""
+        with self._held_lock:
+            return list(self._held)
+
+    def release_hold(self, jobs: Sequence[Job]) -> None:
+        with self._held_lock:
+            self._held.difference_update(job.id for job in jobs)
+
+    def give_back(self, jobs: Sequence[Job], report: BatchReport, error: str) -> None:
+        """After an error the delivery cannot handle, send its claimed jobs that have no outcome
+        back to the queue. Best effort, no retries: if the database or broker is down as well,
+        the jobs go stale instead and are taken over."""
+        done = set(report.succeeded) | set(report.failed) | set(report.retried)
+        for job in jobs:
+            if job.id in done:
+                continue
+            try:
+                with session_scope(self.engine) as session:
+                    released = job_store.release_for_retry(session, job.id, error=error)
+                if released:
+                    self.publish([job], backoff_seconds(job.attempts))
+            except Exception as failure:  # noqa: BLE001 - the original error is raised after this
+                log.warning("could not give the delivery's jobs back: %s", failure)
+                return
+
     # -- 1. claim -------------------------------------------------------------------------------
+
+    def find_suspects(self, job_ids: Sequence[str]) -> set[str]:
+        """Jobs claimed before whose last attempt ended without an outcome: its worker died."""
+        statement = select(Job.id).where(
+            Job.id.in_(list(job_ids)),
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+            Job.attempts > 0,
+            Job.error.is_(None) | (Job.error == WORKER_STOPPED),
+        )
+        with session_scope(self.engine) as session:
+            return set(session.scalars(statement))
 
     def claim(self, job_ids: Sequence[str], report: BatchReport) -> list[Job]:
         """Move delivered jobs to ``running``; duplicates, cancelled and finished ones drop out."""
-        unique_ids = list(dict.fromkeys(job_ids))
-        with session_scope(self.engine) as session:
-            claim = dict(
-                worker=self.worker_name, batch_id=report.batch_id, batch_size=len(unique_ids)
-            )
-            claimed_ids = job_store.claim_jobs(session, unique_ids, **claim)
-            rest = [job_id for job_id in unique_ids if job_id not in set(claimed_ids)]
-            if rest:
-                # Redelivered after a worker died holding them: take them over.
-                stale = utcnow() - timedelta(seconds=self.stuck_after_s)
-                claimed_ids += job_store.reclaim_abandoned(
-                    session, rest, heartbeat_before=stale, **claim
+
+        def transaction() -> list[Job]:
+            with session_scope(self.engine) as session:
+                claim = dict(
+                    worker=self.worker_name, batch_id=report.batch_id, batch_size=len(job_ids)
                 )
-            jobs = load_jobs(session, claimed_ids)
-        report.claimed = len(jobs)
-        report.skipped = len(job_ids) - len(jobs)
+                claimed_ids = job_store.claim_jobs(session, job_ids, **claim)
+                rest = [job_id for job_id in job_ids if job_id not in set(claimed_ids)]
+                if rest:
+                    # Redelivered after a worker died holding them: take them over.
+                    stale = utcnow() - timedelta(seconds=self.stuck_after_s)
+                    claimed_ids += job_store.reclaim_abandoned(
+                        session, rest, heartbeat_before=stale, **claim
+                    )
+                return load_jobs(session, claimed_ids)
+
+        jobs = self.database(transaction)
+        with self._held_lock:
+            self._held.update(job.id for job in jobs)
+        report.claimed += len(jobs)
         runnable = []
         for job in jobs:
             problem = self.check(job)
@@ -181,6 +263,8 @@ class BatchRunner:
     # -- 2. plan --------------------------------------------------------------------------------
 
     def batch_cap(self, key: GroupKey) -> int:
+        # Decoder activations grow with batch x timesteps x pixels: above the model's native size
+        # the cap shrinks in proportion, so a batch costs about the same memory at any size.
         native = self.sampler.model.default_size ** 2
         return max(1, min(self.max_batch, self.max_batch * native // (key.height * key.width)))
 
@@ -286,14 +370,19 @@ class BatchRunner:
 
         # The images are stored; losing their results to a database blip would waste the GPU
         # time. Keep them and retry until the database is back, within a bound.
-        report.succeeded.extend(retry_while_unavailable(write, self.record_timeout_s))
+        recorded = self.database(write)
+        report.succeeded.extend(recorded)
         for rendered, _, _ in results:
-            self.metrics.job_done(rendered.job.model, "succeeded", rendered.job.queue_wait_s)
+            if rendered.job.id in recorded:
+                self.metrics.job_done(rendered.job.model, "succeeded", rendered.job.queue_wait_s)
 
     def fail(self, job: Job, error: str, report: BatchReport) -> None:
-        with session_scope(self.engine) as session:
-            if job_store.mark_failed(session, job.id, error):
-                report.failed.append(job.id)
+        def transaction() -> bool:
+            with session_scope(self.engine) as session:
+                return job_store.mark_failed(session, job.id, error)
+
+        if self.database(transaction):
+            report.failed.append(job.id)
         self.metrics.job_done(job.model, "failed", job.queue_wait_s)
 
     def retry_later(self, job: Job, error: str, report: BatchReport) -> None:
@@ -301,17 +390,29 @@ class BatchRunner:
         if job.attempts >= self.max_attempts:
             self.fail(job, f"gave up after {job.attempts} attempts; last error: {error}", report)
             return
-        with session_scope(self.engine) as session:
-            released = job_store.release_for_retry(session, job.id, error=error)
-        if released:
-            report.retried.append(job.id)
+
+        def transaction() -> bool:
+            with session_scope(self.engine) as session:
+                return job_store.release_for_retry(session, job.id, error=error)
+
+        if not self.database(transaction):
+            return
+        report.retried.append(job.id)
+        try:
             self.publish([job], backoff_seconds(job.attempts))
+        except BrokerUnavailable as broker_error:
+            # The job is queued in the database; `loopfree requeue` publishes it again.
+            log.warning("job %s is queued but its message was not sent: %s", job.id, broker_error)
 
     def mark_truncated(self, job_ids: list[str]) -> None:
         from sqlalchemy import update
 
-        with session_scope(self.engine) as session:
-            session.execute(update(Job).where(Job.id.in_(job_ids)).values(prompt_truncated=True))
+        def transaction() -> None:
+            with session_scope(self.engine) as session:
+                statement = update(Job).where(Job.id.in_(job_ids)).values(prompt_truncated=True)
+                session.execute(statement)
+
+        self.database(transaction)
 
     def finish_submissions(self, submission_ids: set[str]) -> None:
         """Mark submissions with no open job finished; the one call that does sends the webhook."""

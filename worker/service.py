@@ -106,7 +106,7 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
     )
     stop = threading.Event()
     threading.Thread(
-        target=_heartbeat_loop, args=(engine, name, settings.heartbeat_s, stop), daemon=True
+        target=_heartbeat_loop, args=(runner, settings.heartbeat_s, stop), daemon=True
     ).start()
     return WorkerRuntime(
         settings, app, runner, uploads, metrics, name, model_queue(model).name, stop
@@ -143,11 +143,16 @@ def check_visibility_timeout(runner: BatchRunner, settings: Settings) -> None:
         )
 
 
-def _heartbeat_loop(engine, name: str, interval: float, stop: threading.Event) -> None:
+def _heartbeat_loop(runner: BatchRunner, interval: float, stop: threading.Event) -> None:
+    # Only the jobs a delivery holds right now: a job this worker claimed and then dropped must go
+    # stale, or it would look busy for as long as the worker lives.
     while not stop.wait(interval):
+        held = runner.held_job_ids()
+        if not held:
+            continue
         try:
-            with session_scope(engine) as session:
-                job_store.heartbeat(session, name)
+            with session_scope(runner.engine) as session:
+                job_store.heartbeat(session, runner.worker_name, job_ids=held)
         except Exception as error:  # noqa: BLE001 - a missed heartbeat must not kill the worker
             log.warning("heartbeat failed: %s", error)
 

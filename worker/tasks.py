@@ -2,6 +2,7 @@
 
 celery-batches buffers ``loopfree.generate`` messages and flushes them as one call when
 ``max_batch`` have arrived or ``max_wait_ms`` has passed since the first, whichever comes first.
+It acknowledges every message of a flush when the call returns, whether it succeeded or raised.
 """
 
 from __future__ import annotations
@@ -13,24 +14,29 @@ from collections.abc import Sequence
 from celery import Celery
 from celery_batches import Batches, SimpleRequest
 
-from loopfree.queue import GENERATE_TASK
-from worker.batch import BatchRunner
+from loopfree.errors import BrokerUnavailable, RetryableError
+from loopfree.queue import GENERATE_TASK, publish_jobs
+from worker.batch import BatchRunner, backoff_seconds
 
 log = logging.getLogger(__name__)
 
 
-def job_ids_from(requests: Sequence[SimpleRequest]) -> list[str]:
-    """The job id of each well-formed message; malformed ones are logged and dropped (acked)."""
-    job_ids = []
+def jobs_from(requests: Sequence[SimpleRequest]) -> dict[str, int]:
+    """Job id -> priority of each well-formed message; malformed ones are logged and dropped."""
+    jobs = {}
     for request in requests:
         args = request.args
         try:
             if len(args) != 1 or request.kwargs:
                 raise ValueError("expected exactly one argument, the job id")
-            job_ids.append(str(uuid.UUID(str(args[0]))))
+            job_id = str(uuid.UUID(str(args[0])))
         except (TypeError, ValueError) as error:
             log.error("dropping malformed message %s (args=%.200r): %s", request.id, args, error)
-    return job_ids
+            continue
+        # delivery_info has the broker's priority (0 = served first); ours is its mirror image.
+        broker_priority = (request.delivery_info or {}).get("priority")
+        jobs[job_id] = 9 - broker_priority if isinstance(broker_priority, int) else 5
+    return jobs
 
 
 def register_generate_task(
@@ -47,9 +53,17 @@ def register_generate_task(
         ignore_result=True,
     )
     def generate(requests: Sequence[SimpleRequest]) -> None:
-        job_ids = job_ids_from(requests)
-        if job_ids:
-            report = runner.run(job_ids)
+        jobs = jobs_from(requests)
+        if jobs:
+            try:
+                report = runner.run(list(jobs))
+            except RetryableError as error:
+                # The database stayed down past the runner's bound: nothing more can be recorded
+                # now, and these messages are acked on return. Send the jobs again, late enough
+                # for any this delivery claimed to look abandoned and be taken over.
+                log.error("batch of %d jobs gave up (%s); publishing them again", len(jobs), error)
+                redeliver_later(app, runner, jobs)
+                return
             log.info(
                 "batch %s: %d delivered, %d ran in groups %s, %d succeeded, %d failed, %d retried",
                 report.batch_id,
@@ -60,3 +74,14 @@ def register_generate_task(
                 len(report.failed),
                 len(report.retried),
             )
+
+
+def redeliver_later(app: Celery, runner: BatchRunner, jobs: dict[str, int]) -> None:
+    """Publish ``jobs`` (id -> priority) again, once a claimed one's heartbeat has gone stale."""
+    model = runner.sampler.model.name
+    messages = [(job_id, model, priority) for job_id, priority in jobs.items()]
+    try:
+        publish_jobs(app, messages, countdown=runner.stuck_after_s + backoff_seconds(1))
+    except BrokerUnavailable as error:
+        # The broker is down too, so the acks fail as well: it delivers the messages again.
+        log.error("could not publish the jobs again: %s", error)

@@ -65,14 +65,36 @@ def test_a_worker_cap_below_the_need_makes_the_wait_exceed_the_target():
     assert capped.over_target_share > 0.5
 
 
-def test_sizing_for_the_oldest_jobs_remaining_time_keeps_the_wait_under_the_target():
+def test_sizing_for_the_oldest_jobs_time_left_starts_enough_workers_for_one_burst():
+    # 1,200 jobs at t=10 s, evaluated at 15 s: 295 s left, 235 s after the 60 s start-up, so
+    # ceil(1200 / (4 x 235)) = 2 workers (the old sizing asked for 1). They serve from 75 s at
+    # 8 jobs/s; at 210 s the 120 jobs left have 40 s after a start-up: one worker, 30 s more.
+    # The last job starts at 239 s, having waited 229 s instead of 364 s.
+    deadline = replace(DIRECT, controller="deadline")
+    result = bench.simulate(deadline, [bench.Arrival(at=10, jobs=1_200)], horizon_s=HOUR)
+    assert result.unfinished == 0
+    assert result.peak_workers == 2
+    assert result.max_wait_s == pytest.approx(229, abs=1)
+    # Told that two workers run, at 150 s it keeps one: 600 jobs / 4 per s = 150 s < 160 s left.
+    known = replace(deadline, knows_running=True)
+    result = bench.simulate(known, [bench.Arrival(at=10, jobs=1_200)], horizon_s=HOUR)
+    assert result.max_wait_s == pytest.approx(289, abs=1)
+
+
+def test_the_deadline_aware_scale_keeps_a_bursty_day_under_the_target_and_the_old_one_does_not():
     arrivals = bench.bursty_day()
-    plain = bench.simulate(replace(DIRECT, measured_at_start=False), arrivals)
-    aware = replace(DIRECT, measured_at_start=False, headroom_s=60.0, deadline_aware=True)
-    deadline = bench.simulate(aware, arrivals)
-    assert plain.max_wait_s > DIRECT.target_s
-    assert deadline.max_wait_s <= DIRECT.target_s
-    assert deadline.worker_hours > plain.worker_hours  # paid for in GPU time
+    old = bench.simulate(bench.Scenario("old", **bench.OLD_SCALE), arrivals)
+    new = bench.simulate(bench.Scenario("new", **bench.SCALE), arrivals)
+    known = bench.simulate(bench.Scenario("known", knows_running=True, **bench.SCALE), arrivals)
+    assert old.max_wait_s > 2 * DIRECT.target_s
+    assert new.max_wait_s <= DIRECT.target_s
+    assert known.max_wait_s <= DIRECT.target_s
+    assert new.worker_hours > known.worker_hours > old.worker_hours  # paid for in GPU time
+
+
+def test_an_unknown_controller_is_refused():
+    with pytest.raises(ValueError, match="controller must be 'plain' or 'deadline'"):
+        bench.simulate(replace(KEDA, controller="magic"), [])
 
 
 def test_the_simulation_is_deterministic():
