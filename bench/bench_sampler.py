@@ -154,25 +154,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(device: torch.device, fn: Callable[[], Any], inner: int = 1) -> tuple[float, Any]:
-    """Mean wall seconds of ``inner`` back-to-back calls, and the last call's result."""
+def timed(device: torch.device, fn: Callable[[], Any], inner: int = 1) -> tuple[float, float, Any]:
+    """Wall and CPU seconds per call, mean of ``inner`` back-to-back calls, and the last result.
+
+    On a shared machine the wall clock also counts the time other processes held the cores; this
+    process's CPU time (all its threads) mostly does not: on the CPU, a steadier measure of work.
+    """
     sync(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(inner):
         result = fn()
     sync(device)
-    return (time.perf_counter() - start) / inner, result
-
-
-def cpu_timed(device: torch.device, fn: Callable[[], Any], inner: int) -> tuple[float, float, Any]:
-    """Like ``timed``, plus this process's CPU seconds per call.
-
-    On a shared machine the wall clock also counts the time other processes held the cores; the
-    CPU time mostly does not, so on the CPU it is a second, steadier measure of the work done.
-    """
-    cpu_start = time.process_time()
-    wall, result = timed(device, fn, inner)
-    return wall, (time.process_time() - cpu_start) / inner, result
+    return (time.perf_counter() - wall) / inner, (time.process_time() - cpu) / inner, result
 
 
 def one_repeat(
@@ -191,14 +184,14 @@ def one_repeat(
         text = sampler.encode_text(prompts).hidden_states
         return text, sampler.initial_latents(seeds, size, size)
 
-    seconds["text"], seconds["text:cpu"], (text, latents) = cpu_timed(device, prepare, inner)
+    seconds["text"], seconds["text:cpu"], (text, latents) = timed(device, prepare, inner)
     outputs = {}
     for variant in variants:
-        seconds[variant], seconds[variant + ":cpu"], outputs[variant] = cpu_timed(
+        seconds[variant], seconds[variant + ":cpu"], outputs[variant] = timed(
             device, lambda v=variant: unet_part(sampler, v, text, latents), inner
         )
     final = outputs.get("tiue-parallel", next(iter(outputs.values())))
-    seconds["vae"], seconds["vae:cpu"], images = cpu_timed(
+    seconds["vae"], seconds["vae:cpu"], images = timed(
         device, lambda: sampler.decode_images(final), inner
     )
     return seconds, images, outputs
@@ -377,7 +370,7 @@ def bench_shape(args: argparse.Namespace, shape: str, deadline: float) -> dict[s
     dtype = pick_dtype(device)
     size = args.size
     log(f"[{shape}] building the model in memory")
-    build_s, model = timed(device, lambda: build_model(shape, device, dtype))
+    build_s, _, model = timed(device, lambda: build_model(shape, device, dtype))
     sampler = TiUESampler(model)
     log(f"[{shape}] built in {build_s:.0f}s; counting FLOPs at batch 1, {size} px")
     flops = flop_split(sampler, size)
@@ -549,10 +542,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| shape | batch | repeats | variant | UNet ms/img | UNet img/s | UNet spread "
-        "| UNet vs plain" + (" | UNet vs plain, CPU time" if on_cpu else "")
-        + " | e2e ms/img | e2e img/s | e2e vs plain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_cpu else ""),
-    ]  # fmt: skip
+        "| UNet vs plain | e2e ms/img | e2e img/s | e2e vs plain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for shape in report["shapes"]:
         for case in shape["cases"]:
             batch = case["batch"]
@@ -562,10 +554,34 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{'×' + str(case['inner']) if case['inner'] > 1 else ''} | {variant} "
                     f"| {v['unet_s'] / batch * 1e3:.1f} | {batch / v['unet_s']:.2f} "
                     f"| {v['unet_spread']:.0%} | {v['unet_ratio']:.3f} "
-                    + (f"| {v['unet_ratio_cpu']:.3f} " if on_cpu else "")
-                    + f"| {v['e2e_s'] / batch * 1e3:.1f} | {batch / v['e2e_s']:.3f} "
+                    f"| {v['e2e_s'] / batch * 1e3:.1f} | {batch / v['e2e_s']:.3f} "
                     f"| {v['e2e_ratio']:.3f} |"
                 )
+    if on_cpu:
+        lines += [
+            "",
+            "CPU seconds of this process (both threads) per image, medians; unlike the wall clock "
+            "they barely count time when other processes held the cores:",
+            "",
+            "| shape | batch | variant | text | UNet | VAE | UNet vs plain | e2e vs plain |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for shape in report["shapes"]:
+            for case in shape["cases"]:
+                batch = case["batch"]
+                cpu = {
+                    key.removesuffix(":cpu"): statistics.median(values) / batch
+                    for key, values in case["samples"].items()
+                    if key.endswith(":cpu")
+                }
+                plain_e2e = cpu["text"] + cpu["plain"] + cpu["vae"]
+                for variant in TIMED_VARIANTS:
+                    e2e = cpu["text"] + cpu[variant] + cpu["vae"]
+                    lines.append(
+                        f"| {shape['shape']} | {batch} | {variant} | {cpu['text']:.3f} "
+                        f"| {cpu[variant]:.3f} | {cpu['vae']:.3f} "
+                        f"| {cpu[variant] / cpu['plain']:.3f} | {e2e / plain_e2e:.3f} |"
+                    )
     lines += ["", "Parallel TiUE / plain loop, UNet part, measured vs FLOP-predicted:", ""]
     for shape in report["shapes"]:
         predicted = shape["flops"]["unet_ratio"]
