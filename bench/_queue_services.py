@@ -258,14 +258,67 @@ def settings_for(env: Mapping[str, str]):
         os.environ.update(saved)
 
 
+# What-ifs of the worker's batching, as ``python -c`` launchers of ``loopfree worker`` that patch
+# it first (project code is not changed). celery-batches flushes its buffer on a PERIODIC timer
+# (every max_wait from the first message after an empty buffer) whatever the age of the messages
+# in it, and the prefetch window of 3 threads x 22 = 66 messages is 4 batches + 2.
+_WHOLE_BATCH_PREFETCH = """
+import worker.service as service
+original_options = service.worker_options
+def whole_batches(runtime):
+    options = original_options(runtime)
+    # 4 pool threads x max_batch = a window of exactly 4 batches.
+    depth, per_thread = service.PIPELINE_DEPTH + 1, runtime.settings.max_batch
+    options.update(concurrency=depth, prefetch_multiplier=per_thread)
+    return options
+service.worker_options = whole_batches
+"""
+_AGED_FLUSH = """
+import queue, time
+import celery_batches
+class AgedQueue(queue.Queue):
+    def _put(self, item):
+        if not self.queue:
+            self.first_at = time.monotonic()
+        super()._put(item)
+original_init, original_flush = celery_batches.Batches.__init__, celery_batches.Batches._do_flush
+def __init__(self):
+    original_init(self)
+    self._buffer = AgedQueue()
+    # Tick 4x per max_wait; flush a partial buffer only once its oldest message waited max_wait.
+    self.max_wait_s = type(self).flush_interval
+    self.flush_interval = self.max_wait_s / 4
+def _do_flush(self):
+    buffer = self._buffer
+    size = buffer.qsize()
+    if 0 < size < self.flush_every and time.monotonic() - buffer.first_at < self.max_wait_s:
+        return
+    original_flush(self)
+celery_batches.Batches.__init__ = __init__
+celery_batches.Batches._do_flush = _do_flush
+"""
+_RUN_WORKER = """
+import sys
+sys.argv = ["loopfree", "worker", "--loglevel", "INFO"]
+from loopfree.cli import main
+main()
+"""
+BATCHING_WHATIFS = {
+    "prefetch window of whole batches (4 threads x 16)": _WHOLE_BATCH_PREFETCH + _RUN_WORKER,
+    "flush a partial batch only when its oldest job waited max_wait": _AGED_FLUSH + _RUN_WORKER,
+    "both": _WHOLE_BATCH_PREFETCH + _AGED_FLUSH + _RUN_WORKER,
+}
+
+
 class WorkerProcess:
     """A real ``loopfree worker`` child process, logging to a file."""
 
-    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log: Path, *, patch: str | None = None) -> None:
         self.log = log
         self.started = time.time()
+        command = ["-c", patch] if patch else ["-m", "loopfree.cli", "worker", "--loglevel", "INFO"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "loopfree.cli", "worker", "--loglevel", "INFO"],
+            [sys.executable, *command],
             cwd=REPO,
             env={**os.environ, **env},
             stdout=log.open("wb"),

@@ -22,9 +22,10 @@ CPU caveat: on a CPU worker, PNG encoding, S3 uploads (boto3), database writes a
 the cores that sample; on a GPU worker they run on the host's cores beside the GPU. The raw
 sampler has the cores to itself, so the ratio here is a lower bound of what a GPU worker sees.
 
-    .venv/bin/python bench/bench_queue.py                        # everything, ~12 min on 2 cores
+    .venv/bin/python bench/bench_queue.py                        # everything, ~8-9 min on 2 cores
     .venv/bin/python bench/bench_queue.py --jobs 10000 --models tiny --no-whatif   # quick look
     .venv/bin/python bench/bench_queue.py --json /tmp/queue.json --torch-threads 1
+    .venv/bin/python bench/bench_queue.py --jobs 0 --whatif-batching   # + patched-batching bursts
 
 Every database, Redis queue, bucket and model folder it makes is removed again.
 """
@@ -49,6 +50,7 @@ for path in (str(BENCH.parent), str(BENCH)):  # run as a script from anywhere
         sys.path.insert(0, path)
 
 from _queue_services import (  # noqa: E402
+    BATCHING_WHATIFS,
     PG_ADMIN_URL,
     REDIS_URL,
     Services,
@@ -103,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             results["submit"] = bench_submit(args, workdir)
             print_submit(results["submit"])
         if args.models:
-            results["models"] = bench_models(args, workdir)
+            results["models"], results["batching_whatifs"] = bench_models(args, workdir)
     results["total_s"] = time.perf_counter() - started
-    print_verdicts(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    print_verdicts(results)
     return 0
 
 
@@ -160,6 +162,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     parser.add_argument("--json", help="also write every number to this file")
     parser.add_argument("--keep-logs", help="copy the worker logs into this folder")
+    parser.add_argument(
+        "--whatif-batching",
+        action="store_true",
+        help="per model, the burst again with patched batching (see BATCHING_WHATIFS)",
+    )
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.burst, args.raw_batches = _unpairs(args.burst), _unpairs(args.raw_batches)
@@ -232,14 +239,58 @@ def print_submit(submit: dict[str, Any]) -> None:
 # -- 2 and 3. overhead and batch fill -------------------------------------------------------------
 
 
-def bench_models(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def bench_models(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], dict]:
     out: dict[str, Any] = {}
+    whatifs: dict[str, Any] = {}
     with moto_s3() as endpoint, fresh_database(args.pg_admin_url) as database_url:
         for shape in args.models:
             services = Services(database_url, args.redis_url, new_bucket(endpoint), endpoint)
             out[shape] = bench_model(args, workdir, shape, services)
             print_model(shape, out[shape])
-    return out
+            if args.whatif_batching:
+                for index, (label, patch) in enumerate(BATCHING_WHATIFS.items(), start=1):
+                    whatifs[f"{shape}: {label}"] = bench_batching(
+                        args, workdir, services, shape, label, patch, index
+                    )
+    return out, whatifs
+
+
+def bench_batching(
+    args: argparse.Namespace,
+    workdir: Path,
+    services: Services,
+    shape: str,
+    label: str,
+    patch: str,
+    index: int,
+) -> dict[str, Any]:
+    """The burst again with a patched worker (see ``BATCHING_WHATIFS``)."""
+    from loopfree.queue import queue_name
+
+    model = workdir / f"model-{shape}"
+    env = worker_env(
+        services, model, workdir / f"home-{shape}-{index}",
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, torch_threads=args.torch_threads,
+    )  # fmt: skip
+    settings = settings_for(env)
+    burst_id = submit_burst(settings, model, workdir, index * 1_000_000, args.burst[shape])
+    worker = WorkerProcess(env, workdir / f"worker-{shape}-{index}.log", patch=patch)
+    try:
+        wait_done(settings, burst_id, 900, worker.check_alive)
+        burst = read_run(settings, burst_id, args.max_batch)
+    finally:
+        worker.stop()
+        delete_queue_keys(services.redis_url, queue_name(str(model)))
+        if args.keep_logs:
+            shutil.copy(worker.log, Path(args.keep_logs) / worker.log.name)
+    result = _run(burst)
+    print(
+        f"\nwhat-if ({shape} burst) {label}: {result['images_per_s']:.2f} images/s; mean "
+        f"batch_size {result['mean_batch_size']:.2f}, fill {result['fill']:.2f}; deliveries "
+        f"{_sizes(result['deliveries_by_size'])}",
+        flush=True,
+    )
+    return result
 
 
 def bench_model(
@@ -304,6 +355,11 @@ def bench_model(
         by_mode.setdefault(result.mode, []).append(result.images_per_s)
     mode, rates = max(by_mode.items(), key=lambda item: statistics.fmean(item[1]))
     baseline = statistics.fmean(rates)
+    # CPU seconds per image barely depend on how busy the machine is, unlike wall time: the
+    # sampler's share of all the CPU an image costs through the queue (worker + S3 server) is the
+    # ratio a CPU worker would reach on a machine of its own.
+    raw_cpu = statistics.fmean(r.cpu_per_image_ms for r in raws if r.mode == mode)
+    queue_cpu = burst.extra["worker_cpu_per_image_ms"] + burst.extra["s3_server_cpu_per_image_ms"]
     return {
         "model": str(model),
         "size": raw.size,
@@ -313,6 +369,7 @@ def bench_model(
         "burst": _run(burst),
         "ratio": burst.images_per_s / baseline,
         "ratio_range": sorted(burst.images_per_s / rate for rate in rates),
+        "cpu_ratio": raw_cpu / queue_cpu,
         "stream": _run(stream) if stream else None,
         "worker_exit_code": exit_code,
         "redis_keys_deleted": deleted,
@@ -403,7 +460,7 @@ def print_model(shape: str, result: dict[str, Any]) -> None:
     print(
         f"\nratio: **{result['ratio']:.3f}** (baseline: raw sampler in the "
         f"{result['raw_baseline_mode']}, {result['raw_images_per_s']:.2f} images/s; against its "
-        f"before/after: {low:.3f}-{high:.3f}); "
+        f"before/after: {low:.3f}-{high:.3f}); CPU-cost ratio {result['cpu_ratio']:.3f}; "
         f"sampler busy {burst['sampling_share']:.1%} of the steady window; "
         f"{burst['steady_images']} images over {burst['steady_s']:.1f} s in {burst['batches']} "
         f"deliveries; median upload {burst['upload_s_median'] * 1000:.1f} ms per image"
