@@ -208,10 +208,17 @@ class TiUESampler:
         return latents
 
     @torch.no_grad()
-    def decode_images(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE-decode and map [-1, 1] to uint8 RGB, (B, H, W, 3) on the CPU."""
+    def decode_images(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """VAE-decode and map [-1, 1] to uint8 RGB, (B, H, W, 3) on the CPU.
+
+        ``chunk`` images per VAE call: the VAE's activations at full resolution are the largest
+        of the whole sampler, so the memory-bounded modes decode in slices.
+        """
         vae = self.model.vae
-        decoded = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+        scaled = (latents / vae.config.scaling_factor).to(vae.dtype)
+        decoded = torch.cat(
+            [vae.decode(part).sample.float() for part in scaled.split(chunk or len(scaled))]
+        )
         pixels = (decoded * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).cpu()
 
@@ -253,8 +260,12 @@ class TiUESampler:
             noise_predictions.extend(predicted.split(batch))
             decoder_calls += 1
         latents = self.ddim_chain(scheduler, latents, noise_predictions, timesteps)
+        # Parallel mode decodes the batch at once; the memory-bounded modes one image at a time.
+        vae_chunk = None if chunk == len(timesteps) else 1
         return SampleResult(
-            images=self.decode_images(latents), encoder_calls=1, decoder_calls=decoder_calls
+            images=self.decode_images(latents, vae_chunk),
+            encoder_calls=1,
+            decoder_calls=decoder_calls,
         )
 
     def generate(
