@@ -1,7 +1,7 @@
 """Real processes for tests: ``loopfree`` workers and commands, private servers a test may break.
 
 Everything here starts an actual process (or a real server socket) and stops it the way an
-operator or a crash would: SIGTERM, SIGKILL, ``pg_ctl stop``, a Redis ``SHUTDOWN``. Fault tests
+operator or a crash would: SIGTERM, SIGKILL, ``pg_ctl stop``, a stopped listener. Fault tests
 own these servers, so breaking one never disturbs the shared services other tests use.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loopfree.settings import Settings
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,17 +58,16 @@ def wait_until(
 class WorkerProcess:
     """A real ``loopfree worker`` child process (or ``module``, a wrapper that injects a fault)."""
 
-    def __init__(
-        self, env: dict[str, str], log: Path, *, module: str = "loopfree.cli"
-    ) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *, module: str = "loopfree.cli") -> None:
         self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "worker", "--loglevel", "INFO"],
-            cwd=REPO_ROOT,
-            env={**os.environ, **env},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("wb") as output:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", module, "worker", "--loglevel", "INFO"],
+                cwd=REPO_ROOT,
+                env={**os.environ, **env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
 
     @property
     def pid(self) -> int:
@@ -90,12 +90,14 @@ class WorkerProcess:
 
         def ready() -> bool:
             if not self.alive():
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n"
-                                     f"{self.log_text()}")
+                raise AssertionError(
+                    f"worker exited with {self.process.returncode}:\n{self.log_text()}"
+                )
             return " ready." in self.log_text(tail=1_000_000)
 
-        wait_until(ready, timeout=timeout, what=f"worker {self.pid} to be ready",
-                   details=self.log_text)
+        wait_until(
+            ready, timeout=timeout, what=f"worker {self.pid} to be ready", details=self.log_text
+        )
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (warm shutdown) and wait; an AssertionError if it does not exit in time."""
@@ -135,13 +137,6 @@ def run_cli(
     )
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released; fine for tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def port_open(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -165,13 +160,28 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--protected-mode", "no"],
-            stdout=(self.folder / "redis.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with (self.folder / "redis.log").open("ab") as output:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.folder),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--protected-mode",
+                    "no",
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         wait_until(self.ping, timeout=20, what=f"redis-server on port {self.port}")
 
     def ping(self) -> bool:
@@ -203,10 +213,12 @@ class RedisServer:
 
 class PostgresServer:
     """A private PostgreSQL cluster (``initdb`` into a temporary folder, owned by the ``postgres``
-    user when the tests run as root), started and stopped with ``pg_ctl``."""
+    user when the tests run as root), started and stopped with ``pg_ctl``. TCP connections must
+    give ``password`` (SCRAM); the socket in the folder is trusted."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, password: str, port: int | None = None) -> None:
         self.port = port or free_port()
+        self.password = password
         self.bin = _postgres_bin()
         self.folder = Path(tempfile.mkdtemp(prefix="loopfree-pg-"))
         self.data = self.folder / "data"
@@ -215,17 +227,50 @@ class PostgresServer:
             # initdb refuses to run as root; the cluster belongs to the postgres user.
             shutil.chown(self.folder, user="postgres")
             self._as_postgres = ["runuser", "-u", "postgres", "--"]
-        self._pg([self.bin / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8"])
+        password_file = self.folder / "password"
+        password_file.write_text(password + "\n")
+        if self._as_postgres:
+            shutil.chown(password_file, user="postgres")
+        self._pg(
+            [
+                self.bin / "initdb",
+                "-D",
+                self.data,
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={password_file}",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        )
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", *, password: str | None = None) -> str:
+        secret = self.password if password is None else password
+        return f"postgresql+psycopg://postgres:{secret}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c max_connections=200")
-        self._pg([self.bin / "pg_ctl", "-D", self.data, "-o", options,
-                  "-l", self.folder / "server.log", "-w", "-t", "60", "start"])
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c max_connections=200"
+        )
+        self._pg(
+            [
+                self.bin / "pg_ctl",
+                "-D",
+                self.data,
+                "-o",
+                options,
+                "-l",
+                self.folder / "server.log",
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
 
     def stop(self) -> None:
         """``pg_ctl stop -m fast``: clients are disconnected, open transactions roll back."""

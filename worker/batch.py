@@ -355,7 +355,23 @@ class BatchRunner:
         def write() -> list[str]:
             recorded = []
             with session_scope(self.engine) as session:
+                # Only jobs still ours: one handed to another worker meanwhile (this one's
+                # heartbeat went stale) is that worker's to record. The row locks keep them ours
+                # until the commit.
+                ours = set(
+                    session.scalars(
+                        select(Job.id)
+                        .where(
+                            Job.id.in_([rendered.job.id for rendered, _, _ in results]),
+                            Job.status == JobStatus.RUNNING,
+                            Job.batch_id == report.batch_id,
+                        )
+                        .with_for_update()
+                    )
+                )
                 for rendered, stored, upload_s in results:
+                    if rendered.job.id not in ours:
+                        continue
                     result = job_store.JobResult(
                         image_uri=stored.uri,
                         image_bytes=stored.size,

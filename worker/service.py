@@ -101,6 +101,7 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
         metrics=metrics,
     )
     check_visibility_timeout(runner, settings)
+    logging.getLogger("celery.worker.consumer.consumer").addFilter(_BAD_MESSAGE_FILTER)
     register_generate_task(
         app, runner, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms
     )
@@ -111,6 +112,28 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
     return WorkerRuntime(
         settings, app, runner, uploads, metrics, name, model_queue(model).name, stop
     )
+
+
+class _NoTracebackForBadMessages(logging.Filter):
+    """A message the worker refuses (pickled, not JSON, unknown task) is the sender's mistake:
+    Celery's line saying what was refused and why is the whole story, and the traceback it adds
+    (of its own decoding code) only buries it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery.worker.consumer import consumer
+
+        refusals = (
+            consumer.INVALID_TASK_ERROR,
+            consumer.MESSAGE_DECODE_ERROR,
+            consumer.UNKNOWN_TASK_ERROR,
+        )
+        if record.msg in refusals:
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_BAD_MESSAGE_FILTER = _NoTracebackForBadMessages()
 
 
 def check_visibility_timeout(runner: BatchRunner, settings: Settings) -> None:

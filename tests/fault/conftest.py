@@ -7,6 +7,7 @@ database of its own, so breaking things never touches the services other tests a
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,23 +25,54 @@ def fault_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("fault-models") / "tiny", shape="tiny", seed=1)
 
 
-def start_redis(folder: Path) -> RedisServer:
+@contextlib.contextmanager
+def private_redis(folder: Path) -> Iterator[RedisServer]:
+    """A Redis server of its own on a free port, killed on exit."""
     server = RedisServer(folder)
     try:
         server.start()
     except (FileNotFoundError, AssertionError) as error:
         service_missing("a private redis-server", error)
-    return server
-
-
-@pytest.fixture()
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis server of this test's own, on a free port."""
-    server = start_redis(tmp_path / "redis")
     try:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with private_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def open_fleet(
+    folder: Path,
+    *,
+    pg_admin: psycopg.Connection,
+    s3_endpoint: str,
+    model: Path,
+    broker_url: str,
+    database_url: str | None = None,
+    **overrides: object,
+) -> Iterator[Fleet]:
+    """A fleet on a fresh database (unless given) and bucket, with ``LOOPFREE_<NAME>``
+    overrides; its workers are killed and its database dropped on exit."""
+    with contextlib.ExitStack() as cleanup:
+        if database_url is None:
+            database_url = cleanup.enter_context(migrated_database(pg_admin, PG_ADMIN_URL))
+        env = fleet_env(
+            home=folder / "home",
+            database_url=database_url,
+            broker_url=broker_url,
+            storage_url=new_bucket(s3_endpoint),
+            s3_endpoint=s3_endpoint,
+            model=model,
+        )
+        env.update({f"LOOPFREE_{key.upper()}": str(value) for key, value in overrides.items()})
+        fleet = Fleet(folder, env)
+        cleanup.callback(fleet.close)
+        yield fleet
 
 
 MakeFleet = Callable[..., Fleet]
@@ -54,33 +86,21 @@ def make_fleet(
     s3_env: dict[str, str],
     fault_model_dir: Path,
 ) -> Iterator[MakeFleet]:
-    """``make_fleet(broker_url=..., **overrides)``: a fleet on a fresh database and bucket, with
-    ``LOOPFREE_<NAME>`` overrides; its workers are killed and its database dropped afterwards."""
-    fleets: list[Fleet] = []
+    """``make_fleet(broker_url=..., s3_endpoint=..., **overrides)``: see ``open_fleet``."""
+    numbers = itertools.count()
     with contextlib.ExitStack() as cleanup:
 
-        def make(
-            *,
-            broker_url: str,
-            s3_endpoint: str | None = None,
-            database_url: str | None = None,
-            **overrides: object,
-        ) -> Fleet:
-            if database_url is None:
-                database_url = cleanup.enter_context(migrated_database(pg_admin, PG_ADMIN_URL))
-            endpoint = s3_endpoint or s3_server
-            env = fleet_env(
-                home=tmp_path / f"home-{len(fleets)}",
-                database_url=database_url,
-                broker_url=broker_url,
-                storage_url=new_bucket(endpoint),
-                s3_endpoint=endpoint,
-                model=fault_model_dir,
+        def make(*, broker_url: str, s3_endpoint: str | None = None, **options: object) -> Fleet:
+            folder = tmp_path / f"fleet-{next(numbers)}"
+            return cleanup.enter_context(
+                open_fleet(
+                    folder,
+                    pg_admin=pg_admin,
+                    s3_endpoint=s3_endpoint or s3_server,
+                    model=fault_model_dir,
+                    broker_url=broker_url,
+                    **options,
+                )
             )
-            env.update({f"LOOPFREE_{key.upper()}": str(value) for key, value in overrides.items()})
-            fleet = Fleet(tmp_path / f"fleet-{len(fleets)}", env)
-            fleets.append(fleet)
-            cleanup.callback(fleet.close)
-            return fleet
 
         yield make

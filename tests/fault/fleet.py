@@ -12,14 +12,21 @@ from functools import cached_property
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from loopfree.queue import PRIORITY_STEPS, queue_name
 from producer.prompts import JobDefaults
 from producer.submit import SubmitReport, submit_file
 from storage.db import make_engine, session_scope
 from storage.models import Job, JobStatus
 from storage.objects import open_store
-from tests.helpers_processes import WorkerProcess, settings_from, wait_until
+from tests.helpers_processes import (
+    RedisServer,
+    WorkerProcess,
+    run_cli,
+    settings_from,
+    wait_until,
+)
 
 OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -89,8 +96,14 @@ def new_bucket(endpoint: str) -> str:
 def rows(count: int, *, seed: int = 0, steps: int = 4, **fields: object) -> list[dict]:
     """``count`` prompt-file rows with seeds ``seed``, ``seed + 1``, ... (64 px unless given)."""
     return [
-        {"prompt": f"a lighthouse, take {i}", "seed": seed + i, "height": 64, "width": 64,
-         "steps": steps, **fields}
+        {
+            "prompt": f"a lighthouse, take {i}",
+            "seed": seed + i,
+            "height": 64,
+            "width": 64,
+            "steps": steps,
+            **fields,
+        }
         for i in range(count)
     ]
 
@@ -103,6 +116,7 @@ class Fleet:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.env = env
         self.workers: list[WorkerProcess] = []
+        self.submissions: list[str] = []
 
     @cached_property
     def settings(self):
@@ -129,11 +143,31 @@ class Fleet:
         self.workers.append(worker)
         return worker
 
+    @contextlib.contextmanager
+    def embedded_worker(self) -> Iterator[None]:
+        """A real Celery worker in a thread of the test process: no second model import, for
+        finishing what a broken worker left (the fault itself always hits a real process)."""
+        import torch
+
+        from worker.service import embedded_worker
+
+        # One thread, like the worker processes (see ``fleet_env``), or the visibility-timeout
+        # check at start would time a sampler fighting itself for two busy cores.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with embedded_worker(self.settings):
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
     def submit(self, prompt_rows: Sequence[dict], **options: object) -> SubmitReport:
         path = self.folder / f"prompts-{uuid.uuid4().hex[:8]}.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in prompt_rows), encoding="utf-8")
         defaults = JobDefaults(model=self.settings.model)
-        return submit_file(self.settings, path, defaults, key=str(uuid.uuid4()), **options)
+        report = submit_file(self.settings, path, defaults, key=str(uuid.uuid4()), **options)
+        self.submissions.append(report.submission_id)
+        return report
 
     def jobs(self, *submission_ids: str) -> list[Job]:
         statement = select(Job).where(Job.submission_id.in_(submission_ids))
@@ -141,13 +175,29 @@ class Fleet:
             return list(session.scalars(statement.order_by(Job.submission_id, Job.position)))
 
     def counts(self, *submission_ids: str) -> Counter[str]:
-        return Counter(job.status.value for job in self.jobs(*submission_ids))
+        """Jobs per status: one GROUP BY, cheap enough to poll many times a second."""
+        statement = (
+            select(Job.status, func.count())
+            .where(Job.submission_id.in_(submission_ids))
+            .group_by(Job.status)
+        )
+        with session_scope(self.engine) as session:
+            return Counter({status.value: count for status, count in session.execute(statement)})
 
     def logs(self) -> str:
-        return "\n".join(
+        """The tails of the workers' logs and the state of every open job, for failures."""
+        parts = [
             f"--- worker {worker.pid} (alive: {worker.alive()}) ---\n{worker.log_text(3000)}"
             for worker in self.workers
-        )
+        ]
+        open_jobs = [job for job in self.jobs(*self.submissions) if job.status in OPEN]
+        parts.append(f"--- {len(open_jobs)} open jobs ---")
+        parts += [
+            f"{job.id} seed={job.seed} {job.status.value} attempts={job.attempts} "
+            f"worker={job.worker} heartbeat={job.heartbeat_at} error={job.error}"
+            for job in open_jobs[:40]
+        ]
+        return "\n".join(parts)
 
     def wait(self, predicate, *, timeout: float, what: str, interval: float = 0.2):
         """``wait_until`` with the fleet's worker logs in the failure message."""
@@ -162,12 +212,35 @@ class Fleet:
             counts = self.counts(*submission_ids)
             return None if counts["queued"] or counts["running"] else counts
 
-        return self.wait(
-            settled,
+        return self.wait(settled, timeout=timeout, what="every job to finish", interval=0.5)
+
+    def broker_messages(self, redis: RedisServer) -> int:
+        """Messages in Redis for this fleet: waiting in its queue (one list per priority step) or
+        delivered to a worker and not acknowledged yet."""
+        name = queue_name(self.settings.model)
+        client = redis.client()
+        lists = [name] + [f"{name}:{step}" for step in PRIORITY_STEPS[1:]]
+        return sum(client.llen(key) for key in lists) + client.hlen("unacked")
+
+    def republish_lost(self, redis: RedisServer, *submission_ids: str, timeout: float) -> int:
+        """Wait until the broker holds nothing more and no job runs; the jobs the database still
+        says are queued then are the ones the broker lost. Run the reconciler, as an operator's
+        timer would, and return how many there were.
+
+        A fault can cost messages even with late acks: kombu's Redis transport pops a message and
+        only then records it as unacknowledged, so a worker killed (or cut off) in between takes
+        the message with it. The row stays ``queued``; nothing but the reconciler brings it back.
+        """
+        self.wait(
+            lambda: not self.broker_messages(redis) and not self.counts(*submission_ids)["running"],
             timeout=timeout,
-            what=f"every job to finish (now {dict(self.counts(*submission_ids))})",
-            interval=0.5,
+            what="the broker to deliver everything it holds",
         )
+        lost = self.counts(*submission_ids)["queued"]
+        done = run_cli(["requeue", "--stuck"], self.env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["published"] >= lost
+        return lost
 
     def running_on(self, worker: WorkerProcess) -> list[Job]:
         statement = select(Job).where(Job.status == JobStatus.RUNNING, Job.worker == worker.name)

@@ -1,10 +1,10 @@
 """The end of every fault test: the database, the store and the submitted count must agree.
 
-    submitted == succeeded + failed (+ cancelled)   nothing lost, nothing left queued or running
-    every failed job says why                       a reason, not a traceback
-    every succeeded job has exactly one object      at its fixed key, whose bytes hash to the
-                                                    recorded sha256 and have the recorded size
-    no other object under the submissions           no duplicates, nothing for failed jobs
+submitted == succeeded + failed (+ cancelled)   nothing lost, nothing left queued or running
+every failed job says why                       a reason, not a traceback
+every succeeded job has exactly one object      at its fixed key, whose bytes hash to the
+                                                recorded sha256 and have the recorded size
+no other object under the submissions           no duplicates, nothing for failed jobs
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -18,9 +17,7 @@ import pytest
 import redis
 from PIL import Image
 
-from loopfree.errors import UserError
 from loopfree.queue import queue_name
-from loopfree.settings import Settings
 from producer.prompts import JobDefaults, PromptFileError
 from producer.status import cancel, list_jobs, wait_for
 from producer.submit import submit_file
@@ -28,6 +25,7 @@ from storage.db import make_engine, session_scope
 from storage.models import Job, Submission
 from storage.objects import open_store
 from tests.conftest import free_port
+from tests.helpers_processes import WorkerProcess, settings_from
 from worker.models import load_model
 from worker.sampler import TiUESampler
 
@@ -51,38 +49,6 @@ def fleet_env(tmp_path, migrated_pg_url, redis_url, s3_server, s3_env, queue_mod
         "LOOPFREE_METRICS_PORT": str(free_port()),
         "LOOPFREE_DEVICE": "cpu",
     }
-
-
-def settings_from(env: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-class WorkerProcess:
-    """A real ``loopfree worker`` child process."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "loopfree.cli", "worker", "--loglevel", "INFO"],
-            env={**os.environ, **env},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, timeout: float = 60) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired as error:
-            self.process.kill()
-            log = self.log.read_text()[-3000:]
-            raise AssertionError(f"worker ignored SIGTERM; log:\n{log}") from error
 
 
 def write_jsonl(path: Path, count: int) -> Path:
@@ -207,17 +173,6 @@ def test_submitting_the_same_file_twice_returns_the_same_submission_without_new_
     assert second.inserted == 0
     with session_scope(make_engine(settings.resolved_database_url)) as session:
         assert session.query(Job).count() == 10
-
-
-def test_submit_while_the_broker_is_down_fails_cleanly_and_records_nothing(tmp_path, fleet_env):
-    env = {**fleet_env, "LOOPFREE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    settings = settings_from(env)
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", 3)
-    with pytest.raises(UserError.__base__) as refused:  # BrokerUnavailable is a LoopfreeError
-        submit_file(settings, prompts, JobDefaults(model=settings.model))
-    assert "broker" in str(refused.value) and "nothing was submitted" in str(refused.value)
-    with session_scope(make_engine(settings.resolved_database_url)) as session:
-        assert session.query(Job).count() == 0
 
 
 def test_the_embedded_defaults_run_a_file_end_to_end_with_one_command(tmp_path, queue_model_dir):
