@@ -45,7 +45,7 @@ DEFAULT_STARTUP_S = 60.0
 """Seconds allowed from asking for a worker to its first batch (pod start, model load) by default:
 about a minute with the weights baked into the image and a GPU node already up. It is an
 allowance, not a measurement: set yours from how long your workers take to become ready; a
-start-up longer than allowed for goes straight into the queue wait (BENCHMARKS.md (fleet section))."""
+start-up longer than allowed for goes straight into the queue wait (BENCHMARKS.md, fleet)."""
 
 MIN_WINDOW_FRACTION = 0.1
 """The shortest window a worker started now is sized for, as a share of the target. Once the
@@ -88,7 +88,7 @@ def recommend_workers(
 
     The backlog has ``target - oldest_queued_age_s`` seconds left (``time_left_s``), not a fresh
     ``target_s`` every evaluation: sizing every evaluation for the full target lets the last jobs
-    of a burst wait several targets (BENCHMARKS.md (fleet section)). A worker that is not running yet loses
+    of a burst wait several targets (BENCHMARKS.md, fleet). A worker that is not running yet loses
     ``startup_s`` of that to its start-up, and is sized for at least ``MIN_WINDOW_FRACTION`` of
     the target (``startup_window_s``), so a backlog that is late already gets a large but finite
     fleet.
