@@ -7,7 +7,6 @@ the moto server stopped, the model folders live in a temporary folder the caller
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -127,81 +126,13 @@ def new_bucket(endpoint: str) -> str:
 
 # -- models ---------------------------------------------------------------------------------------
 
-# A "small" Loopfree-format model: an SD-like block layout at a few million parameters, native
-# 128 px. A batch of 16 costs about 2-3 CPU-seconds here, so sampling dominates a batch the way it
-# does on a GPU with real weights (the tiny test model renders a batch in milliseconds, which
-# turns the end-to-end ratio into a measure of per-job overhead instead).
-SMALL_UNET = dict(
-    sample_size=16,
-    block_out_channels=(64, 128, 128),
-    layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=256,
-    attention_head_dim=8,
-)
-SMALL_VAE = dict(
-    block_out_channels=(16, 32, 64, 64),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    latent_channels=4,
-    layers_per_block=1,
-    norm_num_groups=16,
-    sample_size=128,
-)
-SMALL_TEXT = dict(
-    hidden_size=256,
-    intermediate_size=1024,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    projection_dim=256,
-)
-
-
 def make_bench_model(folder: Path, shape: str) -> Path:
-    """A random-weight model folder: ``tiny`` from ``worker.tiny``, or the ``small`` shape above."""
+    """A random-weight model folder of ``worker.tiny``'s ``tiny`` or ``small`` shape."""
     from worker.tiny import make_model
 
-    if shape == "tiny":
-        return make_model(folder, shape="tiny", seed=1).resolve()
-    if shape != "small":
+    if shape not in ("tiny", "small"):
         raise ValueError(f"unknown model shape {shape!r}: use tiny or small")
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from worker.tiny import SD15_SCHEDULER, write_tokenizer
-
-    # Same steps as worker.tiny.make_model, with the small architecture.
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(1)
-    text_config = CLIPTextConfig(
-        vocab_size=2 * 256 + 2,
-        max_position_embeddings=77,
-        bos_token_id=2 * 256,
-        eos_token_id=2 * 256 + 1,
-        pad_token_id=2 * 256 + 1,
-        **SMALL_TEXT,
-    )
-    components = {
-        "unet": UNet2DConditionModel(in_channels=4, out_channels=4, **SMALL_UNET),
-        "vae": AutoencoderKL(in_channels=3, out_channels=3, **SMALL_VAE),
-        "text_encoder": CLIPTextModel(text_config),
-    }
-    for name, module in components.items():
-        module.save_pretrained(folder / name, safe_serialization=True)
-    write_tokenizer(folder / "tokenizer")
-    DDIMScheduler(**SD15_SCHEDULER).save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
-    return folder.resolve()
+    return make_model(folder, shape=shape, seed=1).resolve()
 
 
 # -- the worker process ---------------------------------------------------------------------------

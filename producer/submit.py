@@ -36,15 +36,7 @@ def default_key(path: Path, defaults: JobDefaults) -> str:
     with path.open("rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
-    options = {
-        "model": defaults.model,
-        "seed": defaults.seed_base,
-        "height": defaults.height,
-        "width": defaults.width,
-        "steps": defaults.steps,
-        "priority": defaults.priority,
-        "num_images": defaults.num_images,
-    }
+    options = _defaults_record(defaults)
     digest.update(json.dumps(options, sort_keys=True, default=str).encode())
     return "sha256:" + digest.hexdigest()
 
@@ -70,14 +62,16 @@ def submit_file(
     from storage.db import make_engine, session_scope
     from storage.submissions import NewJob, create_submission, insert_jobs
 
-    sizes: dict[str, int] = {}
+    # Per distinct model, not per job: both touch the filesystem (9 s of 186 s for 100k jobs).
+    models: dict[str, tuple[str, int]] = {}
     new_jobs = []
     for parsed_job in parsed.jobs:
         spec = parsed_job.spec
-        model = canonical_model(spec.model)
-        if model not in sizes:
-            sizes[model] = native_size(model)
-        spec = spec.resolve_size(sizes[model], sizes[model])
+        if spec.model not in models:
+            canonical = canonical_model(spec.model)
+            models[spec.model] = (canonical, native_size(canonical))
+        model, size = models[spec.model]
+        spec = spec.resolve_size(size, size)
         new_jobs.append(
             NewJob(
                 position=parsed_job.position,

@@ -30,6 +30,7 @@ class Device(str, Enum):
 
 class Shape(str, Enum):
     tiny = "tiny"
+    small = "small"
     sd15 = "sd15"
 
 
@@ -169,7 +170,7 @@ def _tiny_model(folder: Path) -> Path:
 
 def make_tiny(
     folder: Annotated[Path, typer.Argument(help="Where to write the pipeline folder.")],
-    shape: Annotated[Shape, typer.Option(help="tiny (tests) or sd15 (timing).")] = Shape.tiny,
+    shape: Annotated[Shape, typer.Option(help="tiny, small or sd15.")] = Shape.tiny,
     seed: Annotated[int, typer.Option()] = 0,
     fp16: Annotated[bool, typer.Option(help="Store fp16 weights (half the disk).")] = False,
 ) -> None:

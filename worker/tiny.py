@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-Shape = Literal["tiny", "sd15"]
+Shape = Literal["tiny", "small", "sd15"]
 
 # Stable Diffusion 1.5's training noise schedule, as a DDIM config (Loopfree samples with DDIM).
 SD15_SCHEDULER = {
@@ -69,6 +69,35 @@ ARCHITECTURES: dict[Shape, Architecture] = {
             num_hidden_layers=2,
             num_attention_heads=4,
             projection_dim=32,
+        ),
+    ),
+    # An SD-like layout at a few million parameters, native 128 px: a batch of 16 costs seconds on
+    # a CPU, so sampling dominates a batch as it does on a GPU with real weights (benchmarks).
+    "small": Architecture(
+        unet=dict(
+            sample_size=16,
+            block_out_channels=(64, 128, 128),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=256,
+            attention_head_dim=8,
+        ),
+        vae=dict(
+            block_out_channels=(16, 32, 64, 64),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=16,
+            sample_size=128,
+        ),
+        text=dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            projection_dim=256,
         ),
     ),
     # Stable Diffusion 1.5's shapes (860M-parameter UNet, ViT-L/14 text encoder).
