@@ -60,7 +60,7 @@ def submit_file(
     # Imported here so `loopfree --help` and argument errors stay instant.
     from loopfree.queue import make_celery, publish_jobs
     from storage.db import make_engine, session_scope
-    from storage.submissions import NewJob, create_submission, insert_jobs
+    from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
 
     # Per distinct model, not per job: both touch the filesystem (9 s of 186 s for 100k jobs).
     models: dict[str, tuple[str, int]] = {}
@@ -103,8 +103,14 @@ def submit_file(
         before = 0 if ref.created else _count_jobs(session, ref.id)
         # A new submission takes the COPY fast path; a resumed one skips positions it has.
         insert_jobs(session, ref.id, new_jobs, skip_existing=not ref.created)
-    with session_scope(engine) as session:
-        to_publish = _queued_jobs(session, ref.id)
+    if ref.created:
+        # Every job of a new submission is queued and its id follows from its position.
+        to_publish = [
+            (job_id_for(ref.id, job.position), job.model, job.priority) for job in new_jobs
+        ]
+    else:
+        with session_scope(engine) as session:
+            to_publish = _queued_jobs(session, ref.id)
     published = publish_jobs(app, to_publish)
     return SubmitReport(
         submission_id=ref.id,

@@ -1,0 +1,140 @@
+"""Bulk publishing into Redis: the messages are the ones Celery and kombu write, in the lists kombu
+reads, in order; and routing that survives Redis losing its data.
+
+A real worker consuming such messages: ``test_end_to_end.py`` (``submit_file`` publishes this way).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import pytest
+import redis
+from kombu import Producer
+
+from loopfree.errors import BrokerUnavailable
+from loopfree.queue import (
+    PRIORITY_VALUES,
+    _publish_with_celery,
+    make_celery,
+    model_queue,
+    publish_jobs,
+    queue_name,
+)
+from loopfree.redis_publish import MESSAGES_PER_LPUSH, MessageTemplate, supports
+from loopfree.settings import Settings
+from tests.conftest import free_port
+
+
+@pytest.fixture()
+def app(tmp_path, redis_url):
+    return make_celery(Settings(broker_url=redis_url, home=tmp_path / "home"))
+
+
+@pytest.fixture()
+def client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def lists(client: redis.Redis) -> dict[str, list[dict]]:
+    """Every list in the database: key -> messages, oldest (served first) first."""
+    return {
+        key.decode(): [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]
+        for key in client.scan_iter()
+        if client.type(key) == b"list"
+    }
+
+
+def without_job(message: dict, job_id: str) -> dict:
+    """The message with its job id, body and delivery tag taken out, for comparison."""
+    message = json.loads(json.dumps(message))
+    body = base64.b64decode(message.pop("body")).decode()
+    assert message["properties"].pop("delivery_tag")
+    return json.loads(json.dumps({**message, "body": body}).replace(job_id, "JOB"))
+
+
+@pytest.mark.parametrize("priority", sorted(PRIORITY_VALUES.items()), ids=lambda p: p[0])
+def test_a_rendered_message_is_the_one_celery_writes_in_the_same_list(app, client, priority):
+    _, value = priority
+    by_celery, rendered = str(uuid.uuid4()), str(uuid.uuid4())
+
+    assert _publish_with_celery(app, [(by_celery, "model-a", value)], countdown=None) == 1
+    written_by_celery = lists(client)
+    client.flushdb()
+    assert publish_jobs(app, [(rendered, "model-a", value)]) == 1
+    written_by_template = lists(client)
+
+    assert written_by_celery.keys() == written_by_template.keys()
+    (key,) = written_by_celery
+    assert key.startswith(queue_name("model-a"))
+    (celery_message,), (template_message,) = written_by_celery[key], written_by_template[key]
+    assert without_job(template_message, rendered) == without_job(celery_message, by_celery)
+    assert json.loads(base64.b64decode(template_message["body"]))[0] == [rendered]
+
+
+def test_messages_are_served_in_publishing_order_within_a_priority(app, client):
+    count = 2 * MESSAGES_PER_LPUSH + 37  # several LPUSH chunks, the last one partial
+    high = [str(uuid.uuid4()) for _ in range(count)]
+    low = [str(uuid.uuid4()) for _ in range(5)]
+    jobs = [(job_id, "model-b", PRIORITY_VALUES["high"]) for job_id in high]
+    jobs[10:10] = [(job_id, "model-b", PRIORITY_VALUES["low"]) for job_id in low]
+
+    assert publish_jobs(app, jobs) == count + len(low)
+
+    written = lists(client)
+    served = {key: [m["headers"]["id"] for m in messages] for key, messages in written.items()}
+    assert sorted(served.values(), key=len) == [low, high]
+    delivery_tags = [m["properties"]["delivery_tag"] for ms in written.values() for m in ms]
+    assert len(set(delivery_tags)) == len(delivery_tags)
+
+
+def test_the_template_finds_the_job_id_in_every_place_it_appears(app):
+    template = MessageTemplate.capture(app, queue_name("model-c"), 4)
+    job_id = str(uuid.uuid4())
+    message = json.loads(template.render(job_id))
+    headers, properties = message["headers"], message["properties"]
+    assert (headers["id"], headers["root_id"], properties["correlation_id"]) == (job_id,) * 3
+    assert headers["argsrepr"] == repr((job_id,))
+    assert template.slots.count("id") == 4
+    assert properties["priority"] == 4
+    assert properties["delivery_info"]["routing_key"] == queue_name("model-c")
+
+
+def test_routing_needs_nothing_kept_in_redis(app, client):
+    """kombu routes a named exchange through binding sets kept in Redis, declared once per
+    connection: after Redis loses its data, messages sent that way go nowhere, silently. The
+    model queues use the default exchange, which routes by queue name alone."""
+    queue = model_queue("model-d")
+    with app.connection_for_write() as connection:
+        queue(connection.default_channel).declare()
+    client.flushdb()
+
+    by_kombu, by_celery, in_bulk = (str(uuid.uuid4()) for _ in range(3))
+    with app.connection_for_write() as connection:
+        Producer(connection.default_channel).publish(
+            {"job": by_kombu},
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            headers={"id": by_kombu},
+        )
+    _publish_with_celery(app, [(by_celery, "model-d", 5)], countdown=0.01)
+    publish_jobs(app, [(in_bulk, "model-d", 5)])
+
+    ids = [m["headers"]["id"] for ms in lists(client).values() for m in ms]
+    assert sorted(ids) == sorted([by_kombu, by_celery, in_bulk])
+
+
+def test_a_broker_that_does_not_answer_is_a_clear_error(tmp_path):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    app = make_celery(Settings(broker_url=url, home=tmp_path / "home"))
+    with pytest.raises(BrokerUnavailable, match=r"0 messages were published.*requeue --stuck"):
+        publish_jobs(app, [(str(uuid.uuid4()), "model-e", 5)])
+
+
+def test_only_plain_redis_urls_take_the_bulk_path():
+    assert supports("redis://:secret@host:6379/0") and supports("rediss://host/1")
+    assert not supports("filesystem://") and not supports("sentinel://host:26379")
