@@ -1,19 +1,17 @@
 """The submit benchmark of ``bench_queue.py``: ``submit_file`` on a large ``.txt`` file, timed end
-to end and stage by stage in the same call, and what-if timings of the slow stages done another way.
+to end and stage by stage in the same call, and a what-if: publishing through Celery one message
+at a time, as it was done before bulk publishing.
 
 Stages are timed by wrapping the functions ``submit_file`` calls (module attributes, restored
 afterwards), so the end-to-end call is the real one; the wrappers cost well under a microsecond
 per call. Time between two wrapped calls is reported as the code that runs there.
 
-The what-ifs never change project code: each times one alternative on its own submission in the
-same database (or its own throwaway queue), so a fix can be judged by its measured effect.
+The what-if never changes project code: it publishes into a throwaway queue, deleted afterwards.
 """
 
 from __future__ import annotations
 
-import base64
 import gc
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,23 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 from _queue_services import delete_queue_keys, load_average, queue_length
 
 import loopfree.queue
 import producer.submit
 import storage.db
 import storage.submissions
-from loopfree.modelinfo import canonical_model, native_size
-from loopfree.queue import GENERATE_TASK, broker_priority, make_celery, model_queue, queue_name
+from loopfree.queue import _publish_with_celery, make_celery, queue_name
 from loopfree.settings import Settings
 from producer.prompts import JobDefaults
 from producer.submit import submit_file
 
 # What each gap between two wrapped calls is, in submit_file's order.
 GAPS = {
-    ("default_key", "make_engine"): "build NewJob rows (canonical_model + resolve_size per job)",
-    ("insert_jobs", "_queued_jobs"): "commit the insert transaction",
+    ("default_key", "make_engine"): "build NewJob rows (resolve each job's size)",
+    ("insert_jobs", "publish_jobs"): "commit the insert transaction, list the messages",
 }
 WRAPPED = (
     (producer.submit, "parse_prompt_file"),
@@ -52,7 +48,6 @@ WRAPPED = (
     (producer.submit, "_queued_jobs"),
     (loopfree.queue, "publish_jobs"),
 )
-PUBLISH_PIPELINE = 1_000  # messages per Redis pipeline in the what-if publishers
 
 
 @dataclass
@@ -191,166 +186,27 @@ def run_submit(
 def run_whatifs(
     settings: Settings, model: Path, path: Path, defaults: JobDefaults, publish_count: int
 ) -> list[dict[str, Any]]:
-    from producer.prompts import parse_prompt_file
-    from storage.db import make_engine, session_scope
-    from storage.submissions import NewJob, create_submission, insert_jobs
-
-    rows: list[dict[str, Any]] = []
-    parsed = parse_prompt_file(path, defaults=defaults)
-    count = len(parsed.jobs)
-
-    # 1. The NewJob loop as submit_file runs it, and with canonical_model once per distinct model.
-    def build(cached: bool) -> list[NewJob]:
-        sizes: dict[str, int] = {}
-        models: dict[str, str] = {}
-        jobs = []
-        for parsed_job in parsed.jobs:
-            spec = parsed_job.spec
-            if cached:
-                model_name = models.get(spec.model)
-                if model_name is None:
-                    model_name = models[spec.model] = canonical_model(spec.model)
-            else:
-                model_name = canonical_model(spec.model)
-            if model_name not in sizes:
-                sizes[model_name] = native_size(model_name)
-            spec = spec.resolve_size(sizes[model_name], sizes[model_name])
-            jobs.append(NewJob(
-                position=parsed_job.position, line_number=parsed_job.line_number,
-                prompt=spec.prompt, seed=spec.seed, height=spec.height, width=spec.width,
-                steps=spec.steps, model=model_name, priority=spec.priority,
-                metadata=spec.metadata,
-            ))  # fmt: skip
-        return jobs
-
-    for cached, label in ((False, "as submit_file does"), (True, "canonical_model cached")):
-        seconds, jobs = _timed(lambda cached=cached: build(cached))
-        rows.append(_row("build NewJob rows", label, count, seconds))
-
-    # 2. The insert, as submit_file does it (staging table) and straight COPY for a new submission.
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        for skip_existing in (True, False):
-
-            def insert(skip_existing: bool = skip_existing) -> None:
-                with session_scope(engine) as session:
-                    ref = create_submission(
-                        session, source=path.name, defaults={}, job_count=count,
-                        idempotency_key=f"bench-{uuid.uuid4().hex}",
-                    )  # fmt: skip
-                    insert_jobs(session, ref.id, jobs, skip_existing=skip_existing)
-
-            seconds, _ = _timed(insert)
-            label = (
-                "skip_existing=True (as submit_file)"
-                if skip_existing
-                else ("skip_existing=False (COPY into jobs)")
-            )
-            rows.append(_row("insert + commit", label, count, seconds))
-    finally:
-        engine.dispose()
-
-    # 3. Publishing, into a throwaway queue: as publish_jobs does, with kombu's Producer.batch,
-    #    and with the message rendered from a template and LPUSHed in pipelines.
+    """Publishing the submission's messages once more into a throwaway queue: through Celery's
+    ``apply_async`` one message at a time (how publishing worked before ``loopfree.redis_publish``)
+    and in bulk, as ``publish_jobs`` does now."""
+    del path, defaults  # the publishers need only job ids
     app = make_celery(settings)
     throwaway = f"bench-whatif-{uuid.uuid4().hex[:8]}"
     queue = queue_name(throwaway)
+    count = publish_count * 20
     ids = [(str(uuid.uuid4()), throwaway, 5) for _ in range(count)]
+    rows: list[dict[str, Any]] = []
     try:
         small = ids[:publish_count]
-        seconds, _ = _timed(lambda: loopfree.queue.publish_jobs(app, small))
-        rows.append(
-            _row("publish", "publish_jobs (one LPUSH round trip per job)", len(small), seconds)
-        )
-        seconds, _ = _timed(lambda: publish_batched(app, small))
-        rows.append(
-            _row("publish", "same calls inside kombu Producer.batch(1000)", len(small), seconds)
-        )
-        template = MessageTemplate.capture(app, settings.resolved_broker_url, throwaway)
-        seconds, _ = _timed(lambda: template.publish(settings.resolved_broker_url, ids))
-        rows.append(_row("publish", "template message + pipelined LPUSH (1000)", count, seconds))
-        expected = 2 * len(small) + 1 + count
-        if queue_length(settings.resolved_broker_url, queue) != expected:
-            raise AssertionError("a what-if publisher lost messages")
+        seconds, _ = _timed(lambda: _publish_with_celery(app, small, countdown=None))
+        rows.append(_row("publish", "Celery apply_async, one message a time", len(small), seconds))
+        seconds, _ = _timed(lambda: loopfree.queue.publish_jobs(app, ids))
+        rows.append(_row("publish", "publish_jobs: rendered messages, bulk LPUSH", count, seconds))
+        if queue_length(settings.resolved_broker_url, queue) != len(small) + count:
+            raise AssertionError("a publisher lost messages")
     finally:
         delete_queue_keys(settings.resolved_broker_url, queue)
     return rows
-
-
-def publish_batched(app: Any, jobs: list[tuple[str, str, int]]) -> int:
-    """``publish_jobs`` with its loop inside ``producer.batch``: kombu 5.7's pipelined publish."""
-    task = app.signature(GENERATE_TASK)
-    with app.producer_or_acquire() as producer:
-        queue = model_queue(jobs[0][1])
-        queue(producer.channel).declare()
-        with producer.batch(max_size=PUBLISH_PIPELINE):
-            for job_id, _model, priority in jobs:
-                task.clone(args=(job_id,)).apply_async(
-                    producer=producer, queue=queue, priority=broker_priority(priority),
-                    task_id=job_id,
-                )  # fmt: skip
-    return len(jobs)
-
-
-@dataclass(frozen=True)
-class MessageTemplate:
-    """A message exactly as ``publish_jobs`` wrote it for one job, re-rendered for other ids.
-
-    Only the job id (body, ``id``, ``root_id``, ``argsrepr``, ``correlation_id``) and kombu's
-    random ``delivery_tag`` differ between two messages of one queue and priority; ``capture``
-    checks that by rendering the captured job again and comparing.
-    """
-
-    key: str
-    envelope: dict[str, Any]
-    embed: Any
-
-    @classmethod
-    def capture(cls, app: Any, redis_url: str, model: str) -> MessageTemplate:
-        job_id = str(uuid.uuid4())
-        loopfree.queue.publish_jobs(app, [(job_id, model, 5)])
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = [k for k in client.scan_iter(match=f"{queue_name(model)}*")
-                    if client.type(k) == b"list"]  # fmt: skip
-            (key,) = keys
-            raw = client.lindex(key, 0)
-        finally:
-            client.close()
-        envelope = json.loads(raw)
-        args, _kwargs, embed = json.loads(base64.b64decode(envelope["body"]))
-        if args != [job_id]:
-            raise AssertionError(f"unexpected message body {args!r}")
-        template = cls(key.decode(), envelope, embed)
-        again = json.loads(template.render(job_id))
-        again["properties"]["delivery_tag"] = envelope["properties"]["delivery_tag"]
-        if again != envelope:
-            raise AssertionError("the template does not reproduce publish_jobs' message")
-        return template
-
-    def render(self, job_id: str) -> str:
-        envelope = self.envelope
-        body = json.dumps([[job_id], {}, self.embed]).encode()
-        return json.dumps({
-            **envelope,
-            "body": base64.b64encode(body).decode(),
-            "headers": {**envelope["headers"], "id": job_id, "root_id": job_id,
-                        "argsrepr": repr((job_id,))},
-            "properties": {**envelope["properties"], "correlation_id": job_id,
-                           "delivery_tag": str(uuid.uuid4())},
-        })  # fmt: skip
-
-    def publish(self, redis_url: str, jobs: list[tuple[str, str, int]]) -> int:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            for start in range(0, len(jobs), PUBLISH_PIPELINE):
-                pipe = client.pipeline(transaction=False)
-                for job_id, _model, _priority in jobs[start : start + PUBLISH_PIPELINE]:
-                    pipe.lpush(self.key, self.render(job_id))
-                pipe.execute()
-        finally:
-            client.close()
-        return len(jobs)
 
 
 _last_cpu = [0.0]  # process CPU seconds of the last _timed call, for _row
