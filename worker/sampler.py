@@ -151,9 +151,9 @@ class TiUESampler:
         repeats = len(timesteps)
         batch = features.mid.shape[0]
         emb = self.time_embedding(timesteps.repeat_interleave(batch), features.mid.dtype)
-        text = text.repeat(repeats, 1, 1)
-        sample = features.mid.repeat(repeats, 1, 1, 1)
-        skips = [skip.repeat(repeats, 1, 1, 1) for skip in features.skips]
+        text = _tile(text, repeats)
+        sample = _tile(features.mid, repeats)
+        skips = [_tile(skip, repeats) for skip in features.skips]
 
         # Latents that are not a multiple of the total upsampling factor need explicit sizes.
         latent_h, latent_w = features.skips[0].shape[-2:]
@@ -281,3 +281,11 @@ class TiUESampler:
         width = width or self.model.default_size
         text = self.encode_text(prompts)
         return self.sample(text, seeds, height, width, **options), text.truncated  # type: ignore[arg-type]
+
+
+def _tile(tensor: torch.Tensor, times: int) -> torch.Tensor:
+    """``times`` copies of ``tensor`` along the batch axis; no copy at all for one (sequential and
+    chunked modes call the decoder per timestep, and the stored features are large)."""
+    if times == 1:
+        return tensor
+    return tensor.repeat(times, *([1] * (tensor.dim() - 1)))
