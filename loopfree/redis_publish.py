@@ -19,6 +19,7 @@ the messages and lists against ones kombu itself wrote, and a real worker consum
 from __future__ import annotations
 
 import base64
+import json
 import re
 import uuid
 from bisect import bisect
@@ -165,3 +166,37 @@ def publish(app: Celery, jobs: Iterable[tuple[str, str, int]]) -> int:
     finally:
         client.close()
     return accepted
+
+
+def job_ids_in_broker(app: Celery, queue_names: Iterable[str]) -> set[str]:
+    """Ids of the jobs that have a message in Redis: waiting in one of ``queue_names``' lists, or
+    delivered to a worker and not acknowledged yet (kombu restores those to their queue if the
+    worker dies). The reconciler publishes only queued jobs that are in neither.
+
+    Workers pop and producers push while the lists are read, so a message can be missed; its job
+    then gets a second message, which is harmless (only one delivery can claim it)."""
+    import redis
+
+    options = app.conf.broker_transport_options
+    steps, sep = list(options["priority_steps"]), options["sep"]
+    unacked_key = options.get("unacked_key", "unacked")
+    ids: set[str] = set()
+    client = redis.Redis.from_url(app.conf.broker_url, socket_connect_timeout=5)
+    try:
+        for queue in queue_names:
+            for key in dict.fromkeys(redis_list(queue, step, steps, sep) for step in steps):
+                for start in range(0, client.llen(key), 10_000):
+                    for raw in client.lrange(key, start, start + 9_999):
+                        ids.add(_job_id(json.loads(raw)))
+        for _tag, raw in client.hscan_iter(unacked_key, count=10_000):
+            message, _exchange, _routing_key = json.loads(raw)
+            ids.add(_job_id(message))
+    finally:
+        client.close()
+    ids.discard("")
+    return ids
+
+
+def _job_id(message: dict) -> str:
+    headers = message.get("headers") or {}
+    return str(headers.get("id") or "")

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=20)
     heartbeat_s: float = Field(default=15.0, gt=0)
     stuck_after_s: float = Field(default=300.0, gt=0)
+    # How long a worker keeps retrying an unreachable database (claims, and results of images
+    # already rendered and stored) before its delivery gives up and the jobs are sent again. Longer
+    # rides out longer outages without redoing GPU work; but the worker's heartbeats fail too, so
+    # past stuck_after_s its jobs may be taken over, and its late results are then refused.
+    db_retry_s: float = Field(default=300.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @property

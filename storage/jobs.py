@@ -5,11 +5,20 @@ a compare-and-set the database does atomically. So a late or duplicated message 
 finished job backwards, marking a job succeeded twice is a no-op, and two workers racing to claim
 the same job cannot both win. Each function reports what it actually changed.
 
+A worker's writes to a running job also name its ``Owner`` (the worker and the batch it claimed
+the job in) in the same WHERE. A worker whose heartbeat went stale while it was still alive (a long
+database outage, a stalled process) may have lost its jobs to another worker (``reclaim_abandoned``)
+or to the reconciler, and the job may be running again under its new owner; its late success,
+failure or give-back then changes nothing, instead of finishing the new owner's run for it or
+taking the job back from under it. Writes without an owner (the reconciler, operators) act on the
+job whoever holds it.
+
     queued   -> running     claim_jobs        (attempts + 1)
     running  -> running     reclaim_abandoned (a dead worker's job, attempts + 1)
     running  -> succeeded   mark_succeeded
     running  -> failed      mark_failed
     running  -> queued      release_for_retry (give back; a later attempt will claim it)
+    running  -> queued      release_abandoned (reconciler: a worker that stopped heart-beating)
     queued   -> cancelled   cancel_queued     (a running job is left to finish)
     queued|running -> failed  fail_jobs       (reconciler / give up)
     failed   -> queued      requeue_failed    (the one way out of a terminal state, by an operator)
@@ -35,6 +44,31 @@ _IDS_PER_STATEMENT = 1_000
 """Job ids per ``IN (...)``: well under SQLite's bound-parameter limit (32,766)."""
 
 _QUEUED, _RUNNING = JobStatus.QUEUED, JobStatus.RUNNING
+
+# running -> queued: the claim's fields are cleared, so the next claim starts from scratch.
+_RELEASED: dict[str, Any] = {
+    "status": _QUEUED,
+    "started_at": None,
+    "heartbeat_at": None,
+    "worker": None,
+    "batch_id": None,
+    "batch_size": None,
+}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a running job: the worker that claimed it and the batch it claimed it in, as
+    ``claim_jobs`` and ``reclaim_abandoned`` record them. The batch id is the claim token: it is
+    fresh for every claim, so it tells two claims by one worker apart (a worker that took its own
+    job over after its heartbeat stalled), where the worker name alone would not."""
+
+    worker: str
+    batch_id: str
+
+    def holds(self) -> list[ColumnElement[bool]]:
+        """WHERE conditions: the job is still this owner's."""
+        return [Job.worker == self.worker, Job.batch_id == self.batch_id]
 
 
 @dataclass(frozen=True)
@@ -116,13 +150,22 @@ def reclaim_abandoned(
 
 
 def mark_succeeded(
-    session: Session, job_id: str, result: JobResult, *, now: datetime | None = None
+    session: Session,
+    job_id: str,
+    result: JobResult,
+    *,
+    owner: Owner | None = None,
+    now: datetime | None = None,
 ) -> bool:
     """running -> succeeded with the image's location and timings. False if the job was not
-    running (a duplicate success, or the job was given up on meanwhile): nothing changes."""
+    running (a duplicate success, or the job was given up on meanwhile) or, with ``owner``, is no
+    longer that owner's (another worker took it over): nothing changes.
+
+    Workers always pass ``owner``; without it the write is for whoever holds the job (tests,
+    operators)."""
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status == _RUNNING)
+        .where(Job.id == job_id, Job.status == _RUNNING, *_held_by(owner))
         .values(
             status=JobStatus.SUCCEEDED,
             finished_at=now or utcnow(),
@@ -139,35 +182,57 @@ def mark_succeeded(
     return bool(_run(session, statement))
 
 
-def mark_failed(session: Session, job_id: str, error: str, *, now: datetime | None = None) -> bool:
-    """running -> failed (permanent error, or out of attempts). False if it was not running."""
+def mark_failed(
+    session: Session,
+    job_id: str,
+    error: str,
+    *,
+    owner: Owner | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """running -> failed (permanent error, or out of attempts). False if it was not running, or
+    with ``owner``, no longer that owner's."""
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status == _RUNNING)
+        .where(Job.id == job_id, Job.status == _RUNNING, *_held_by(owner))
         .values(status=JobStatus.FAILED, finished_at=now or utcnow(), error=error)
         .returning(Job.id)
     )
     return bool(_run(session, statement))
 
 
-def release_for_retry(session: Session, job_id: str, *, error: str | None = None) -> bool:
+def release_for_retry(
+    session: Session, job_id: str, *, error: str | None = None, owner: Owner | None = None
+) -> bool:
     """running -> queued, so a later delivery can claim it again. ``attempts`` is kept (it counts
-    claims) and ``error`` records why this attempt gave up."""
+    claims) and ``error`` records why this attempt gave up. False if it was not running, or with
+    ``owner``, no longer that owner's: a stale worker cannot take a job back from its new owner."""
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status == _RUNNING)
-        .values(
-            status=_QUEUED,
-            started_at=None,
-            heartbeat_at=None,
-            worker=None,
-            batch_id=None,
-            batch_size=None,
-            error=error,
-        )
+        .where(Job.id == job_id, Job.status == _RUNNING, *_held_by(owner))
+        .values(_RELEASED | {"error": error})
         .returning(Job.id)
     )
     return bool(_run(session, statement))
+
+
+def release_abandoned(
+    session: Session, job_ids: Sequence[str], *, heartbeat_before: datetime, error: str
+) -> list[str]:
+    """running -> queued for jobs whose worker stopped heart-beating before ``heartbeat_before``
+    (the reconciler, ``loopfree requeue --stuck``). The stale heartbeat is part of the WHERE, so a
+    job a worker reclaimed (or heart-beat) after the reconciler found it is left to that worker,
+    and two reconcilers releasing the same job release it once."""
+    changed: list[str] = []
+    for ids in _id_chunks(job_ids):
+        statement = (
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == _RUNNING, Job.heartbeat_at < heartbeat_before)
+            .values(_RELEASED | {"error": error})
+            .returning(Job.id)
+        )
+        changed.extend(_run(session, statement))
+    return changed
 
 
 def cancel_queued(
@@ -282,6 +347,10 @@ def _bulk_transition(
     for ids in _id_chunks(job_ids):
         changed.extend(_run(session, base.where(Job.id.in_(ids)).returning(Job.id)))
     return changed
+
+
+def _held_by(owner: Owner | None) -> list[ColumnElement[bool]]:
+    return [] if owner is None else owner.holds()
 
 
 def _run(session: Session, statement: Any) -> list[str]:

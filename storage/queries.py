@@ -118,6 +118,21 @@ def find_stuck_running(
     return list(session.scalars(statement))
 
 
+def queued_job_keys(
+    session: Session, *, submission_id: str | None = None
+) -> list[tuple[str, str, int]]:
+    """``(id, model, priority)`` of every queued job, oldest first: what a message needs, and
+    nothing more (a reconciler run over a backlog of 100,000 jobs reads 100,000 rows)."""
+    statement = (
+        select(Job.id, Job.model, Job.priority)
+        .where(Job.status == JobStatus.QUEUED)
+        .order_by(Job.created_at, Job.position)
+    )
+    if submission_id is not None:
+        statement = statement.where(Job.submission_id == submission_id)
+    return [(row.id, row.model, row.priority) for row in session.execute(statement)]
+
+
 def find_stale_queued(
     session: Session, *, created_before: datetime, limit: int = PAGE_SIZE
 ) -> list[Job]:

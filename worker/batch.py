@@ -47,7 +47,8 @@ T = TypeVar("T")
 
 # How long a delivery keeps retrying the database (claims, finished results) while it is
 # unreachable. Past it the delivery gives up: its jobs' heartbeats stop, and a redelivery or the
-# reconciler hands them to another worker.
+# reconciler hands them to another worker. Workers pass LOOPFREE_DB_RETRY_S (loopfree.settings,
+# same default); this default is for runners built without settings (tests, benchmarks).
 RECORD_TIMEOUT_S = 300.0
 Publish = Callable[[Sequence[Job], float], None]
 
@@ -176,6 +177,11 @@ class BatchRunner:
         with self._held_lock:
             self._held.difference_update(job.id for job in jobs)
 
+    def owner(self, report: BatchReport) -> job_store.Owner:
+        """This delivery's claim on its jobs. Every write of an outcome names it, so a job taken
+        over by another worker meanwhile (this one's heartbeat went stale) is left alone."""
+        return job_store.Owner(worker=self.worker_name, batch_id=report.batch_id)
+
     def give_back(self, jobs: Sequence[Job], report: BatchReport, error: str) -> None:
         """After an error the delivery cannot handle, send its claimed jobs that have no outcome
         back to the queue. Best effort, no retries: if the database or broker is down as well,
@@ -186,7 +192,9 @@ class BatchRunner:
                 continue
             try:
                 with session_scope(self.engine) as session:
-                    released = job_store.release_for_retry(session, job.id, error=error)
+                    released = job_store.release_for_retry(
+                        session, job.id, error=error, owner=self.owner(report)
+                    )
                 if released:
                     self.publish([job], backoff_seconds(job.attempts))
             except Exception as failure:  # noqa: BLE001 - the original error is raised after this
@@ -265,7 +273,7 @@ class BatchRunner:
     def batch_cap(self, key: GroupKey) -> int:
         # Decoder activations grow with batch x timesteps x pixels: above the model's native size
         # the cap shrinks in proportion, so a batch costs about the same memory at any size.
-        native = self.sampler.model.default_size ** 2
+        native = self.sampler.model.default_size**2
         return max(1, min(self.max_batch, self.max_batch * native // (key.height * key.width)))
 
     def plan(self, jobs: Sequence[Job]) -> list[tuple[GroupKey, list[Job]]]:
@@ -353,25 +361,11 @@ class BatchRunner:
             return
 
         def write() -> list[str]:
+            # Each success is one compare-and-set that names this delivery's claim: a job another
+            # worker took over meanwhile stays that worker's, atomically, with no lock taken first.
             recorded = []
             with session_scope(self.engine) as session:
-                # Only jobs still ours: one handed to another worker meanwhile (this one's
-                # heartbeat went stale) is that worker's to record. The row locks keep them ours
-                # until the commit.
-                ours = set(
-                    session.scalars(
-                        select(Job.id)
-                        .where(
-                            Job.id.in_([rendered.job.id for rendered, _, _ in results]),
-                            Job.status == JobStatus.RUNNING,
-                            Job.batch_id == report.batch_id,
-                        )
-                        .with_for_update()
-                    )
-                )
                 for rendered, stored, upload_s in results:
-                    if rendered.job.id not in ours:
-                        continue
                     result = job_store.JobResult(
                         image_uri=stored.uri,
                         image_bytes=stored.size,
@@ -380,7 +374,8 @@ class BatchRunner:
                         upload_s=upload_s,
                         gpu_share_s=rendered.gpu_share_s,
                     )
-                    if job_store.mark_succeeded(session, rendered.job.id, result):
+                    owner = self.owner(report)
+                    if job_store.mark_succeeded(session, rendered.job.id, result, owner=owner):
                         recorded.append(rendered.job.id)
             return recorded
 
@@ -391,14 +386,30 @@ class BatchRunner:
         for rendered, _, _ in results:
             if rendered.job.id in recorded:
                 self.metrics.job_done(rendered.job.model, "succeeded", rendered.job.queue_wait_s)
+            else:
+                # Not ours any more: another worker took the job over (this one's heartbeat went
+                # stale) or the reconciler gave it up; its outcome is theirs to record. The image
+                # this delivery uploaded went to the job's own deterministic key
+                # (``storage.objects.job_key``), so at worst it replaced the new owner's upload
+                # with an image of the same job (same prompt, seed and model), never another job's.
+                # Its bytes can differ from the recorded sha256 and size only as far as sampling
+                # is not bit-identical across batch compositions and GPUs.
+                log.warning(
+                    "job %s is no longer held by this delivery; its result is not recorded",
+                    rendered.job.id,
+                )
 
     def fail(self, job: Job, error: str, report: BatchReport) -> None:
         def transaction() -> bool:
             with session_scope(self.engine) as session:
-                return job_store.mark_failed(session, job.id, error)
+                return job_store.mark_failed(session, job.id, error, owner=self.owner(report))
 
-        if self.database(transaction):
-            report.failed.append(job.id)
+        if not self.database(transaction):
+            log.warning(
+                "job %s is no longer held by this delivery; its failure is not recorded", job.id
+            )
+            return
+        report.failed.append(job.id)
         self.metrics.job_done(job.model, "failed", job.queue_wait_s)
 
     def retry_later(self, job: Job, error: str, report: BatchReport) -> None:
@@ -409,9 +420,12 @@ class BatchRunner:
 
         def transaction() -> bool:
             with session_scope(self.engine) as session:
-                return job_store.release_for_retry(session, job.id, error=error)
+                return job_store.release_for_retry(
+                    session, job.id, error=error, owner=self.owner(report)
+                )
 
         if not self.database(transaction):
+            log.warning("job %s is no longer held by this delivery; not giving it back", job.id)
             return
         report.retried.append(job.id)
         try:

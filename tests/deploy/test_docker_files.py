@@ -401,7 +401,7 @@ def test_flower_and_prometheus_are_optional_profiles(compose):
     services = compose["services"]
     for name in ("flower", "prometheus"):
         assert services[name].get("profiles"), f"{name} should only start with --profile"
-    for name in ("redis", "postgres", "minio", "migrate", "worker", "exporter"):
+    for name in ("redis", "postgres", "minio", "migrate", "worker", "exporter", "reconciler"):
         assert not services[name].get("profiles"), f"{name} must start with a plain `up`"
 
 
@@ -425,6 +425,89 @@ def test_prometheus_scrapes_the_exporter_and_the_workers_on_their_ports(compose)
     worker_env = compose["services"]["worker"]["environment"]
     assert dns["names"] == ["worker"]
     assert str(dns["port"]) == interpolate(str(worker_env["LOOPFREE_METRICS_PORT"]))
+
+
+# --- the reconciler -----------------------------------------------------------------------------
+
+# Where the reconciler's loop marks a successful run and its healthcheck looks.
+RECONCILED_MARK = "/tmp/loopfree-requeued"
+
+
+def test_the_reconciler_runs_requeue_stuck_on_the_cli_image_after_migrations(compose):
+    services = compose["services"]
+    reconciler = services["reconciler"]
+    assert reconciler["image"] == services["migrate"]["image"] == services["exporter"]["image"]
+    assert reconciler["build"] == services["migrate"]["build"]
+    assert reconciler["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert reconciler["restart"] == "unless-stopped"
+    assert reconciler.get("init") is True, "a shell as PID 1 ignores SIGTERM"
+    shell, flag, script = reconciler["command"]
+    assert (shell, flag) == ("sh", "-c")
+    assert "loopfree requeue --stuck" in script and RECONCILED_MARK in script
+    assert RECONCILED_MARK in " ".join(reconciler["healthcheck"]["test"])
+
+
+def reconciler_script(compose, mark: Path, every_s: str) -> str:
+    script = compose["services"]["reconciler"]["command"][2]
+    return interpolate(script, {"REQUEUE_EVERY_S": every_s}).replace(RECONCILED_MARK, str(mark))
+
+
+def test_the_reconciler_loop_keeps_going_after_a_failed_run_and_stops_on_sigterm(compose, tmp_path):
+    # The loop itself, in a real shell, with a stand-in `loopfree` whose second run fails.
+    import os
+    import signal
+    import time
+
+    bin_dir, calls, mark = tmp_path / "bin", tmp_path / "calls", tmp_path / "requeued"
+    bin_dir.mkdir()
+    fake = bin_dir / "loopfree"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        f'[ "$(wc -l < {calls})" -ne 2 ]\n'  # the second run fails (database down, say)
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    loop = subprocess.Popen(["sh", "-c", reconciler_script(compose, mark, "0.05")], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (calls.exists() and len(calls.read_text().splitlines()) >= 4):
+            assert loop.poll() is None, f"the loop exited ({loop.returncode}) after a run"
+            assert time.monotonic() < deadline, "the loop did not run four times in 30 s"
+            time.sleep(0.05)
+        loop.send_signal(signal.SIGTERM)
+        assert loop.wait(timeout=10) == 0
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+    assert set(calls.read_text().splitlines()) == {"requeue --stuck"}
+    assert mark.exists(), "a successful run did not mark itself for the healthcheck"
+
+
+def test_the_reconciler_healthcheck_fails_once_no_run_has_succeeded_for_three_periods(
+    compose, tmp_path
+):
+    import os
+    import sys
+    import time
+
+    mark = tmp_path / "requeued"
+    test = compose["services"]["reconciler"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    command = [
+        sys.executable,
+        *(interpolate(arg).replace(RECONCILED_MARK, str(mark)) for arg in test[2:]),
+    ]
+
+    def healthy() -> bool:
+        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+
+    assert not healthy(), "healthy before any run succeeded"
+    mark.touch()
+    assert healthy()
+    stale = time.time() - (3 * 300 + 61)
+    os.utime(mark, (stale, stale))
+    assert not healthy(), "healthy although three runs in a row have not succeeded"
 
 
 # --- environment variables vs. loopfree.settings ------------------------------------------------
@@ -452,7 +535,7 @@ def test_every_loopfree_variable_named_in_docker_files_is_a_setting(settings_env
     assert {"LOOPFREE_BROKER_URL", "LOOPFREE_DATABASE_URL", "LOOPFREE_METRICS_PORT"} <= seen
 
 
-@pytest.mark.parametrize("service", ["worker", "exporter", "migrate", "cli"])
+@pytest.mark.parametrize("service", ["worker", "exporter", "migrate", "cli", "reconciler"])
 def test_compose_service_environment_is_accepted_by_settings(compose, settings_from_env, service):
     env = compose_environment(compose["services"][service])
     settings = settings_from_env(env)

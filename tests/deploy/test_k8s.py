@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import K8S, SCHEMAS, load_yaml, require
+from .helpers import FLEET_DOC, K8S, SCHEMAS, load_yaml, require
 
 SCALEDOBJECT_SCHEMA = SCHEMAS / "keda-scaledobject-v1alpha1.json"
 # The oldest Kubernetes minor still commonly run by managed services, and the newest the installed
@@ -25,6 +25,12 @@ OLDEST_K8S = "1.30.0"
 
 # Kinds validated elsewhere in this file: no Kubernetes OpenAPI schema covers them.
 CUSTOM_KINDS = {"ScaledObject", "Kustomization"}
+
+# What the ScaledObject's threshold assumes besides the exporter's target and start-up: one worker
+# drains about 4 jobs/s, and the pending count reaches the HPA up to 40 s late (exporter refresh,
+# scrape, HPA sync). See the threshold's comment in scaledobject.yaml and docs/fleet.md.
+ASSUMED_JOBS_PER_S = 4.0
+SIGNAL_DELAY_S = 40.0
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +68,20 @@ def one(documents: list[tuple[Path, dict[str, Any]]], kind: str, name: str) -> d
     return matches[0]
 
 
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
+# Kinds that run loopfree's images, each with one container.
+WORKLOAD_KINDS = ("Deployment", "Job", "CronJob")
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template's spec of a Deployment or Job, or of the Jobs a CronJob creates."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers = pod_spec(workload)["containers"]
     assert len(containers) == 1
     return containers[0]
 
@@ -89,7 +107,15 @@ def manifest_env(
 def test_every_manifest_kind_has_a_validator(k8s_documents, kubernetes_validate, k8s_versions):
     kv, _ = kubernetes_validate
     kinds = {doc["kind"] for _, doc in k8s_documents}
-    assert {"Deployment", "Job", "Service", "ConfigMap", "Secret", "ScaledObject"} <= kinds
+    assert {
+        "Deployment",
+        "Job",
+        "CronJob",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "ScaledObject",
+    } <= kinds
     for path, doc in k8s_documents:
         if doc["kind"] in CUSTOM_KINDS:
             continue
@@ -121,7 +147,7 @@ def test_core_manifests_pass_strict_kubernetes_validation(
                 name = f"{doc['kind']}/{doc['metadata']['name']}"
                 errors.append(f"{path.name} {name} @{version}: {where}: {exc.message}")
     assert not errors, "\n".join(errors)
-    assert checked >= 2 * 6
+    assert checked >= 2 * 7
 
 
 def test_strict_kubernetes_validation_rejects_a_misspelt_field(k8s_documents, kubernetes_validate):
@@ -180,6 +206,26 @@ def test_scaledobject_schema_rejects_broken_scaledobjects(scaledobject_validator
     broken = copy.deepcopy(load_yaml(K8S / "scaledobject.yaml"))
     _set(broken, path, value)
     assert list(scaledobject_validator.iter_errors(broken)), f"schema accepted {path} = {value!r}"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.jobTemplate.spec.activeDeadlineSecond", 240),  # misspelt
+        ("spec.concurrencyPolicy", 1),  # a string: Allow, Forbid or Replace
+        ("spec.jobTemplate.spec.template.spec.containers.0.resource", {}),  # misspelt
+        ("spec.schedule", _DELETE),
+    ],
+    ids=lambda v: "delete" if v is _DELETE else str(v),
+)
+def test_strict_kubernetes_validation_rejects_a_broken_cronjob(
+    k8s_documents, kubernetes_validate, path, value
+):
+    kv, utils = kubernetes_validate
+    cronjob = copy.deepcopy(one(k8s_documents, "CronJob", "loopfree-requeue"))
+    _set(cronjob, path, value)
+    with pytest.raises(kv.ValidationError):
+        kv.validate(cronjob, utils.latest_version(), strict=True)
 
 
 # --- what the autoscaling relies on -------------------------------------------------------------
@@ -249,6 +295,63 @@ def test_exporter_service_reaches_the_exporter_pods(k8s_documents):
     assert int(command[command.index("--port") + 1]) == container_ports[port["targetPort"]]
 
 
+def option(command: list[str], name: str) -> float:
+    assert name in command, f"{' '.join(command)} does not pass {name}"
+    return float(command[command.index(name) + 1])
+
+
+def test_threshold_is_what_one_worker_drains_within_the_exporters_target(k8s_documents):
+    # The exporter's --target-seconds and --startup-seconds (loopfree_recommended_workers) and the
+    # threshold must describe the same target, or the docs' and the simulation's numbers do not
+    # hold for what is deployed.
+    command = container(one(k8s_documents, "Deployment", "loopfree-exporter"))["command"]
+    target, startup = option(command, "--target-seconds"), option(command, "--startup-seconds")
+    (scaled,) = by_kind(k8s_documents, "ScaledObject")
+    threshold = float(scaled["spec"]["triggers"][0]["metadata"]["threshold"])
+    assert threshold == ASSUMED_JOBS_PER_S * (target - startup - SIGNAL_DELAY_S), (
+        f"threshold {threshold:g} is not {ASSUMED_JOBS_PER_S:g} jobs/s x ({target:g} s target - "
+        f"{startup:g} s start-up - {SIGNAL_DELAY_S:g} s signal delay)"
+    )
+
+
+def test_fleet_doc_quotes_the_shipped_threshold_and_replica_cap(k8s_documents):
+    (scaled,) = by_kind(k8s_documents, "ScaledObject")
+    spec = scaled["spec"]
+    doc = FLEET_DOC.read_text(encoding="utf-8")
+    threshold = spec["triggers"][0]["metadata"]["threshold"]
+    assert f'`threshold: "{threshold}"`' in doc, "docs/fleet.md quotes another threshold"
+    assert f"`maxReplicaCount: {spec['maxReplicaCount']}`" in doc, (
+        "docs/fleet.md quotes another maxReplicaCount"
+    )
+
+
+def test_reconciler_cronjob_runs_requeue_stuck_every_few_minutes_one_at_a_time(k8s_documents):
+    cronjob = one(k8s_documents, "CronJob", "loopfree-requeue")
+    spec = cronjob["spec"]
+    assert container(cronjob)["command"] == ["loopfree", "requeue", "--stuck"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    every = re.fullmatch(r"\*/(\d+) \* \* \* \*", spec["schedule"])
+    assert every, f"expected every N minutes, got {spec['schedule']!r}"
+    period_s = int(every.group(1)) * 60
+    assert period_s <= 10 * 60, "a lost message would wait that long for its job to be republished"
+    job = spec["jobTemplate"]["spec"]
+    assert 0 < job["activeDeadlineSeconds"] < period_s, (
+        "a hung run must end before the next is due, or Forbid skips that one too"
+    )
+    assert pod_spec(cronjob)["restartPolicy"] in ("Never", "OnFailure")
+    assert pod_spec(cronjob)["securityContext"]["runAsNonRoot"] is True
+    resources = container(cronjob)["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+
+
+def test_reconciler_uses_the_cli_image_and_the_environment_of_the_other_workloads(k8s_documents):
+    cronjob = container(one(k8s_documents, "CronJob", "loopfree-requeue"))
+    exporter = container(one(k8s_documents, "Deployment", "loopfree-exporter"))
+    migrate = container(one(k8s_documents, "Job", "loopfree-migrate"))
+    assert cronjob["image"] == exporter["image"] == migrate["image"]
+    assert cronjob["envFrom"] == exporter["envFrom"] == migrate["envFrom"]
+
+
 def test_migration_job_runs_db_upgrade(k8s_documents):
     job = one(k8s_documents, "Job", "loopfree-migrate")
     assert container(job)["command"] == ["loopfree", "db", "upgrade"]
@@ -278,7 +381,7 @@ def test_kustomization_images_are_the_ones_the_workloads_use(k8s_documents):
     kustomization = load_yaml(K8S / "kustomization.yaml")
     names = {image["name"] for image in kustomization["images"]}
     used = set()
-    for kind in ("Deployment", "Job"):
+    for kind in WORKLOAD_KINDS:
         for workload in by_kind(k8s_documents, kind):
             used.add(container(workload)["image"].rsplit(":", 1)[0])
     assert names == used
@@ -287,7 +390,7 @@ def test_kustomization_images_are_the_ones_the_workloads_use(k8s_documents):
 def test_workloads_read_config_and_secrets_that_exist(k8s_documents):
     configmaps = {doc["metadata"]["name"] for doc in by_kind(k8s_documents, "ConfigMap")}
     secrets = {doc["metadata"]["name"] for doc in by_kind(k8s_documents, "Secret")}
-    for kind in ("Deployment", "Job"):
+    for kind in WORKLOAD_KINDS:
         for workload in by_kind(k8s_documents, kind):
             sources = container(workload)["envFrom"]
             assert {s["configMapRef"]["name"] for s in sources if "configMapRef" in s} <= configmaps
@@ -298,7 +401,7 @@ def test_workloads_read_config_and_secrets_that_exist(k8s_documents):
 
 
 def test_no_plain_env_value_carries_a_password(k8s_documents):
-    for kind in ("Deployment", "Job"):
+    for kind in WORKLOAD_KINDS:
         for workload in by_kind(k8s_documents, kind):
             for item in container(workload).get("env", []):
                 assert not re.search(r"://[^/@\s]*:[^/@\s]+@", item.get("value", "")), item["name"]
@@ -310,11 +413,18 @@ def test_no_plain_env_value_carries_a_password(k8s_documents):
         assert "SECRET" not in name and "PASSWORD" not in name, name
 
 
-@pytest.mark.parametrize("workload", ["loopfree-worker", "loopfree-exporter", "loopfree-migrate"])
+@pytest.mark.parametrize(
+    ("kind", "workload"),
+    [
+        ("Deployment", "loopfree-worker"),
+        ("Deployment", "loopfree-exporter"),
+        ("Job", "loopfree-migrate"),
+        ("CronJob", "loopfree-requeue"),
+    ],
+)
 def test_manifest_environment_is_accepted_by_settings(
-    k8s_documents, settings_from_env, settings_env_names, workload
+    k8s_documents, settings_from_env, settings_env_names, kind, workload
 ):
-    kind = "Job" if workload.endswith("migrate") else "Deployment"
     env = manifest_env(k8s_documents, one(k8s_documents, kind, workload))
     unknown = {name for name in env if name.startswith("LOOPFREE_")} - settings_env_names
     assert not unknown, f"{workload}: loopfree.settings reads no {', '.join(sorted(unknown))}"

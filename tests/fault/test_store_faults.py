@@ -163,7 +163,12 @@ def test_a_store_that_stays_down_fails_every_job_with_the_reason_after_the_retry
     # With the store back, an operator sends one submission's failed jobs through again.
     requeue = run_cli(["requeue", "--failed", "--submission", first.submission_id], fleet.env)
     assert requeue.returncode == 0, requeue.stderr
-    assert json.loads(requeue.stdout) == {"released": 0, "requeued_failed": 3, "published": 3}
+    assert json.loads(requeue.stdout) == {
+        "released": 0,
+        "requeued_failed": 3,
+        "published": 3,
+        "already_in_broker": 0,
+    }
     fleet.wait_settled(first.submission_id, timeout=120)
     outcome = assert_reconciled(fleet, first.submission_id, second.submission_id, submitted=5)
     assert outcome.counts == {"succeeded": 3, "failed": 2}

@@ -197,3 +197,57 @@ def test_a_finished_submission_posts_its_summary_to_the_webhook_once(runtime):
     summary = received[0]
     assert summary["submission_id"] == ref.id and summary["jobs"] == 2
     assert summary["counts"]["succeeded"] == 2 and summary["source"] == "hooked.txt"
+
+
+def take_over(engine, job_id: str) -> None:
+    """What another worker's reclaim leaves behind: the job running under someone else's claim."""
+    from sqlalchemy import update
+
+    from storage.models import Job
+
+    with session_scope(engine) as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(worker="gpu-new", batch_id="batch-new")
+        )
+
+
+@pytest.mark.parametrize("upload", ["stored", "refused"])
+def test_a_job_taken_over_during_its_upload_is_left_to_its_new_owner(runtime, upload):
+    from loopfree.errors import StoreUnavailable
+
+    runner, engine, _, published = runtime
+    ids = add_jobs(engine, runner.sampler.model.name, [("a", 1, 64), ("b", 2, 64)])
+    store_image = runner.store_image
+
+    def store_while_taken_over(rendered):
+        if rendered.job.id != ids[0]:
+            return store_image(rendered)
+        take_over(engine, ids[0])
+        if upload == "refused":
+            raise StoreUnavailable("store down")
+        return store_image(rendered)
+
+    runner.store_image = store_while_taken_over
+    report = runner.run(ids)
+
+    assert report.succeeded == [ids[1]]
+    assert (report.failed, report.retried, published) == ([], [], [])
+    with session_scope(engine) as session:
+        lost = load_jobs(session, [ids[0]])[0]
+    assert (lost.status, lost.worker, lost.batch_id) == (JobStatus.RUNNING, "gpu-new", "batch-new")
+
+
+def test_workers_retry_the_database_for_loopfree_db_retry_s(embedded_settings, monkeypatch):
+    from pydantic import ValidationError
+
+    from loopfree.settings import Settings
+    from worker.service import build_runtime
+
+    monkeypatch.setenv("LOOPFREE_DB_RETRY_S", "0")
+    with pytest.raises(ValidationError, match="db_retry_s"):
+        Settings()
+    runtime = build_runtime(embedded_settings.model_copy(update={"db_retry_s": 42.5}))
+    try:
+        assert runtime.runner.record_timeout_s == 42.5
+    finally:
+        runtime.close()

@@ -23,8 +23,18 @@ from loopfree.queue import (
     publish_jobs,
     queue_name,
 )
-from loopfree.redis_publish import MESSAGES_PER_LPUSH, MessageTemplate, supports
+from loopfree.redis_publish import (
+    MESSAGES_PER_LPUSH,
+    MessageTemplate,
+    job_ids_in_broker,
+    supports,
+)
 from loopfree.settings import Settings
+from producer.prompts import JobDefaults
+from producer.status import requeue
+from producer.submit import submit_file
+from storage.db import make_engine, session_scope
+from storage.submissions import job_ids_of
 from tests.conftest import free_port
 
 
@@ -138,3 +148,55 @@ def test_a_broker_that_does_not_answer_is_a_clear_error(tmp_path):
 def test_only_plain_redis_urls_take_the_bulk_path():
     assert supports("redis://:secret@host:6379/0") and supports("rediss://host/1")
     assert not supports("filesystem://") and not supports("sentinel://host:26379")
+
+
+# -- the reconciler publishes what the broker lacks ---------------------------------------------
+
+
+@pytest.fixture()
+def fleet_settings(tmp_path, migrated_pg_url, redis_url, queue_model_dir):
+    return Settings(
+        home=tmp_path / "home",
+        database_url=migrated_pg_url,
+        broker_url=redis_url,
+        model=str(queue_model_dir),
+    )
+
+
+def test_job_ids_in_broker_reads_waiting_and_unacknowledged_messages(app, client):
+    waiting = [str(uuid.uuid4()) for _ in range(3)]
+    publish_jobs(
+        app, [(job_id, "model-f", value) for job_id, value in zip(waiting, (0, 5, 9), strict=True)]
+    )
+    # A worker's delivered, unacknowledged message, as kombu's Redis transport records it.
+    (raw,) = client.rpop(queue_name("model-f") + ":9", 1)  # broker priority 9 = our low
+    client.hset("unacked", "a-delivery-tag", json.dumps([json.loads(raw), "", "x"]))
+
+    assert job_ids_in_broker(app, [queue_name("model-f")]) == set(waiting)
+    assert job_ids_in_broker(app, [queue_name("other")]) == {waiting[0]}  # unacked: any queue
+
+
+def test_requeue_publishes_only_the_queued_jobs_the_broker_lost(
+    tmp_path, fleet_settings, client, queue_model_dir
+):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a lighthouse, number {i}\n" for i in range(40)))
+    report = submit_file(fleet_settings, prompts, JobDefaults(model=str(queue_model_dir)))
+    key = queue_name(str(queue_model_dir)) + ":3"  # normal priority
+    assert client.llen(key) == 40
+    client.ltrim(key, 0, 24)  # the broker loses the 15 oldest messages
+
+    assert requeue(fleet_settings, stuck=True, failed=False, submission_id=None) == {
+        "released": 0,
+        "requeued_failed": 0,
+        "published": 15,
+        "already_in_broker": 25,
+    }
+    messages = [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
+    engine = make_engine(fleet_settings.resolved_database_url)
+    with session_scope(engine) as session:
+        assert sorted(messages) == sorted(job_ids_of(session, report.submission_id))
+    engine.dispose()
+
+    again = requeue(fleet_settings, stuck=True, failed=False, submission_id=None)
+    assert (again["published"], again["already_in_broker"]) == (0, 40)
