@@ -126,6 +126,7 @@ def new_bucket(endpoint: str) -> str:
 
 # -- models ---------------------------------------------------------------------------------------
 
+
 def make_bench_model(folder: Path, shape: str) -> Path:
     """A random-weight model folder of ``worker.tiny``'s ``tiny`` or ``small`` shape."""
     from worker.tiny import make_model
@@ -189,44 +190,26 @@ def settings_for(env: Mapping[str, str]):
         os.environ.update(saved)
 
 
-# What-ifs of the worker's batching, as ``python -c`` launchers of ``loopfree worker`` that patch
-# it first (project code is not changed). celery-batches flushes its buffer on a PERIODIC timer
-# (every max_wait from the first message after an empty buffer) whatever the age of the messages
-# in it, and the prefetch window of 3 threads x 22 = 66 messages is 4 batches + 2.
-_WHOLE_BATCH_PREFETCH = """
-import worker.service as service
-original_options = service.worker_options
-def whole_batches(runtime):
-    options = original_options(runtime)
-    # 4 pool threads x max_batch = a window of exactly 4 batches.
-    depth, per_thread = service.PIPELINE_DEPTH + 1, runtime.settings.max_batch
-    options.update(concurrency=depth, prefetch_multiplier=per_thread)
-    return options
-service.worker_options = whole_batches
-"""
-_AGED_FLUSH = """
-import queue, time
+# What-if of the worker's batching, as a ``python -c`` launcher of ``loopfree worker`` that patches
+# it first (project code is not changed): the batching as it was before issue 4's batch-fill fix,
+# for a before/after in one run. celery-batches' own ``Batches`` flushes its buffer on a PERIODIC
+# timer (every max_wait from the first message after an empty buffer) whatever the age of the
+# messages in it, and 3 pool threads x ceil(max_batch x 4 / 3) = 66 prefetched messages (at
+# max_batch 16) is 4 batches + 2. Now ``worker.tasks.MaxWaitBatches`` flushes a partial batch
+# when its oldest message has waited max_wait, and ``worker.service.pool_options`` holds exactly
+# PIPELINE_DEPTH (4) batches.
+_BEFORE_THE_FIX = """
+import math
 import celery_batches
-class AgedQueue(queue.Queue):
-    def _put(self, item):
-        if not self.queue:
-            self.first_at = time.monotonic()
-        super()._put(item)
-original_init, original_flush = celery_batches.Batches.__init__, celery_batches.Batches._do_flush
-def __init__(self):
-    original_init(self)
-    self._buffer = AgedQueue()
-    # Tick 4x per max_wait; flush a partial buffer only once its oldest message waited max_wait.
-    self.max_wait_s = type(self).flush_interval
-    self.flush_interval = self.max_wait_s / 4
-def _do_flush(self):
-    buffer = self._buffer
-    size = buffer.qsize()
-    if 0 < size < self.flush_every and time.monotonic() - buffer.first_at < self.max_wait_s:
-        return
-    original_flush(self)
-celery_batches.Batches.__init__ = __init__
-celery_batches.Batches._do_flush = _do_flush
+import worker.service as service
+import worker.tasks as tasks
+options = tasks.batch_task_options
+def periodic_flush(**kwargs):
+    return {**options(**kwargs), "base": celery_batches.Batches}
+def window_with_remainder(max_batch):
+    return dict(pool_cls="threads", concurrency=3, prefetch_multiplier=math.ceil(max_batch * 4 / 3))
+tasks.batch_task_options = periodic_flush
+service.pool_options = window_with_remainder
 """
 _RUN_WORKER = """
 import sys
@@ -235,9 +218,8 @@ from loopfree.cli import main
 main()
 """
 BATCHING_WHATIFS = {
-    "prefetch window of whole batches (4 threads x 16)": _WHOLE_BATCH_PREFETCH + _RUN_WORKER,
-    "flush a partial batch only when its oldest job waited max_wait": _AGED_FLUSH + _RUN_WORKER,
-    "both": _WHOLE_BATCH_PREFETCH + _AGED_FLUSH + _RUN_WORKER,
+    "before the fix (periodic flush, 3 threads x ceil(4/3 batch) prefetch)": _BEFORE_THE_FIX
+    + _RUN_WORKER,
 }
 
 

@@ -25,7 +25,8 @@ sampler has the cores to itself, so the ratio here is a lower bound of what a GP
     .venv/bin/python bench/bench_queue.py                        # everything, ~8-9 min on 2 cores
     .venv/bin/python bench/bench_queue.py --jobs 10000 --models tiny --no-whatif   # quick look
     .venv/bin/python bench/bench_queue.py --json /tmp/queue.json --torch-threads 1
-    .venv/bin/python bench/bench_queue.py --jobs 0 --whatif-batching   # + patched-batching bursts
+    .venv/bin/python bench/bench_queue.py --jobs 0 --whatif-batching   # + bursts batched as before
+    .venv/bin/python bench/bench_queue.py --jobs 0 --models tiny --whatif-batching   # fill, ~4 min
 
 Every database, Redis queue, bucket and model folder it makes is removed again.
 """
@@ -165,7 +166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--whatif-batching",
         action="store_true",
-        help="per model, the burst again with patched batching (see BATCHING_WHATIFS)",
+        help="per model, the burst again batched as before the batch-fill fix (BATCHING_WHATIFS)",
     )
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]

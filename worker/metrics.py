@@ -50,9 +50,7 @@ class WorkerMetrics:
         self.gpu_memory = Gauge(
             "loopfree_gpu_memory_bytes", "Peak GPU memory allocated by torch", registry=r
         )
-        self.model_load = Gauge(
-            "loopfree_model_load_seconds", "Time to load the model", registry=r
-        )
+        self.model_load = Gauge("loopfree_model_load_seconds", "Time to load the model", registry=r)
         self.busy = Gauge("loopfree_worker_busy", "1 while a batch is in hand", registry=r)
 
     @classmethod

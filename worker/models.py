@@ -28,6 +28,7 @@ def _quiet_progress_bars() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
+
 # Only what the sampler reads; skips safety checkers, feature extractors and extra weight formats.
 PIPELINE_FILES = [
     "model_index.json",

@@ -30,12 +30,15 @@ from storage.objects import open_store
 from storage.uploads import UploadPool
 from worker.batch import BatchRunner
 from worker.metrics import WorkerMetrics
-from worker.tasks import register_generate_task
+from worker.tasks import MaxWaitBatches, register_generate_task
 
 log = logging.getLogger(__name__)
 
-# Batches a worker holds at once: one sampling, one being prepared, one waiting on its uploads.
-PIPELINE_DEPTH = 3
+# Batches a worker holds at once, each in a pool thread of its own: one sampling, one waiting on
+# its uploads, and two claimed and text-encoded ahead (waiting for the sampler, or just flushed).
+# The prefetch window is exactly this many full batches (see ``pool_options``), and a warm shutdown
+# finishes up to this many batches (the ones in the pool threads).
+PIPELINE_DEPTH = 4
 # Seconds one image's PNG encoding, upload and share of the result transaction may take on a healthy
 # store, per upload thread. S3 answers a PUT of a PNG in tens of milliseconds; one second leaves an
 # order of magnitude of headroom. (A store or database outage takes longer; the guarded status
@@ -97,6 +100,7 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
         max_batch=settings.max_batch,
         max_attempts=settings.max_attempts,
         stuck_after_s=settings.stuck_after_s,
+        record_timeout_s=settings.db_retry_s,
         decoder_chunk=settings.decoder_chunk,
         metrics=metrics,
     )
@@ -139,11 +143,13 @@ _BAD_MESSAGE_FILTER = _NoTracebackForBadMessages()
 def check_visibility_timeout(runner: BatchRunner, settings: Settings) -> None:
     """Refuse to start if the broker could redeliver a job while this worker still holds it.
 
-    A message waits at most ``max_wait`` in the batching buffer, then behind the batches already in
-    hand; each of those takes one full batch's sampling plus its uploads. Sampling is estimated
-    from the fastest of a few one-image runs after an untimed one: the first call pays for lazy
-    initialisation and kernel warm-up (seconds on a CPU, absurd for a tiny model), and one run on
-    a busy machine can take many times the usual.
+    A message waits at most ``max_wait`` plus one tick of the flush timer in the batching buffer
+    (``MaxWaitBatches``), then behind the other batches in hand. The prefetch window, its own
+    batch included, is ``PIPELINE_DEPTH`` full batches, so at worst its batch is the last of
+    ``PIPELINE_DEPTH`` to sample, each taking one full batch's sampling plus its uploads.
+    Sampling is estimated from the fastest of a few one-image runs after an untimed one: the first
+    call pays for lazy initialisation and kernel warm-up (seconds on a CPU, absurd for a tiny
+    model), and one run on a busy machine can take many times the usual.
     """
     model = runner.sampler.model
     runner.sampler.generate(["warm-up"], [0])
@@ -155,7 +161,9 @@ def check_visibility_timeout(runner: BatchRunner, settings: Settings) -> None:
     one_image = min(timings)
     uploads = UPLOAD_ALLOWANCE_S * math.ceil(settings.max_batch / settings.upload_workers)
     batch_seconds = one_image * settings.max_batch * 2 + uploads
-    longest = settings.max_wait_ms / 1000 + (PIPELINE_DEPTH + 1) * batch_seconds
+    max_wait_s = settings.max_wait_ms / 1000
+    buffered = max_wait_s * (1 + 1 / MaxWaitBatches.TICKS_PER_WAIT)
+    longest = buffered + PIPELINE_DEPTH * batch_seconds
     log.info("warm-up of %s: %.2fs per image; longest batch ~%.0fs", model.name, one_image, longest)
     if settings.visibility_timeout_s < longest:
         raise UserError(
@@ -180,15 +188,28 @@ def _heartbeat_loop(runner: BatchRunner, interval: float, stop: threading.Event)
             log.warning("heartbeat failed: %s", error)
 
 
+def pool_options(max_batch: int) -> dict[str, object]:
+    """The pool and prefetch window of a worker: ``PIPELINE_DEPTH`` threads, and exactly
+    ``PIPELINE_DEPTH`` full batches of unacknowledged messages.
+
+    Messages are acknowledged when their batch is done (late acks), so the window is everything
+    the worker holds: the batches in the pool threads plus the one filling in the buffer. A
+    window of whole batches is what lets every batch fill under a burst: with any remainder (it
+    was 3 threads x 22 = 66 = 4 batches + 2), the remainder is all that can arrive while the
+    whole batches are in hand, and it leaves as a batch of its own once it has waited max_wait.
+    """
+    return dict(
+        pool_cls="threads",
+        concurrency=PIPELINE_DEPTH,
+        prefetch_multiplier=max_batch,
+    )
+
+
 def worker_options(runtime: WorkerRuntime) -> dict:
-    max_batch = runtime.settings.max_batch
     return dict(
         hostname=runtime.name,
         queues=[runtime.queue],
-        pool_cls="threads",
-        concurrency=PIPELINE_DEPTH,
-        # Enough prefetched messages to fill the next batch while PIPELINE_DEPTH are in hand.
-        prefetch_multiplier=math.ceil(max_batch * (PIPELINE_DEPTH + 1) / PIPELINE_DEPTH),
+        **pool_options(runtime.settings.max_batch),
         without_mingle=True,
         without_gossip=True,
         task_events=True,
