@@ -91,7 +91,7 @@ def test_requeue_stuck_republishes_every_unfinished_job_after_redis_loses_its_da
     queued = fleet.counts(report.submission_id)["queued"]
     # The worker held at most its prefetch window (4 threads x 4 messages, batches in hand
     # included) and has finished those: the queued jobs now exist only in the database.
-    assert queued > 100, queued
+    assert queued > 30, queued
 
     requeue = run_cli(["requeue", "--stuck"], fleet.env)
     assert requeue.returncode == 0, requeue.stderr
