@@ -26,7 +26,7 @@ import loopfree.queue
 import producer.submit
 import storage.db
 import storage.submissions
-from loopfree.queue import _publish_with_celery, make_celery, queue_name
+from loopfree.queue import make_celery, publish_with_celery, queue_name
 from loopfree.settings import Settings
 from producer.prompts import JobDefaults
 from producer.submit import submit_file
@@ -198,7 +198,7 @@ def run_whatifs(
     rows: list[dict[str, Any]] = []
     try:
         small = ids[:publish_count]
-        seconds, _ = _timed(lambda: _publish_with_celery(app, small, countdown=None))
+        seconds, _ = _timed(lambda: publish_with_celery(app, small, countdown=None))
         rows.append(_row("publish", "Celery apply_async, one message a time", len(small), seconds))
         seconds, _ = _timed(lambda: loopfree.queue.publish_jobs(app, ids))
         rows.append(_row("publish", "publish_jobs: rendered messages, bulk LPUSH", count, seconds))

@@ -124,10 +124,10 @@ def publish_jobs(
             return redis_publish.publish(app, messages)
         except redis_publish.PublishInterrupted as interrupted:
             raise _broker_unavailable(app, interrupted.error, interrupted.accepted) from None
-    return _publish_with_celery(app, jobs, countdown=countdown)
+    return publish_with_celery(app, jobs, countdown=countdown)
 
 
-def _publish_with_celery(
+def publish_with_celery(
     app: Celery, jobs: Iterable[tuple[str, str, int]], *, countdown: float | None
 ) -> int:
     task = app.signature(GENERATE_TASK)

@@ -145,7 +145,7 @@ def publish(app: Celery, jobs: Iterable[tuple[str, str, int]]) -> int:
         lists.setdefault(key, []).append((template, job_id))
 
     accepted = pending = 0
-    client = redis.Redis.from_url(app.conf.broker_url, socket_connect_timeout=5)
+    client = _client(app)
     try:
         pipe = client.pipeline(transaction=False)
         for key, messages in lists.items():
@@ -175,13 +175,11 @@ def job_ids_in_broker(app: Celery, queue_names: Iterable[str]) -> set[str]:
 
     Workers pop and producers push while the lists are read, so a message can be missed; its job
     then gets a second message, which is harmless (only one delivery can claim it)."""
-    import redis
-
     options = app.conf.broker_transport_options
     steps, sep = list(options["priority_steps"]), options["sep"]
     unacked_key = options.get("unacked_key", "unacked")
     ids: set[str] = set()
-    client = redis.Redis.from_url(app.conf.broker_url, socket_connect_timeout=5)
+    client = _client(app)
     try:
         for queue in queue_names:
             for key in dict.fromkeys(redis_list(queue, step, steps, sep) for step in steps):
@@ -195,6 +193,12 @@ def job_ids_in_broker(app: Celery, queue_names: Iterable[str]) -> set[str]:
         client.close()
     ids.discard("")
     return ids
+
+
+def _client(app: Celery):
+    import redis
+
+    return redis.Redis.from_url(app.conf.broker_url, socket_connect_timeout=5)
 
 
 def _job_id(message: dict) -> str:

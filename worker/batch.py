@@ -364,6 +364,7 @@ class BatchRunner:
             # Each success is one compare-and-set that names this delivery's claim: a job another
             # worker took over meanwhile stays that worker's, atomically, with no lock taken first.
             recorded = []
+            owner = self.owner(report)
             with session_scope(self.engine) as session:
                 for rendered, stored, upload_s in results:
                     result = job_store.JobResult(
@@ -374,7 +375,6 @@ class BatchRunner:
                         upload_s=upload_s,
                         gpu_share_s=rendered.gpu_share_s,
                     )
-                    owner = self.owner(report)
                     if job_store.mark_succeeded(session, rendered.job.id, result, owner=owner):
                         recorded.append(rendered.job.id)
             return recorded

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -49,20 +50,32 @@ def database_url(postgres):
     return url
 
 
+@pytest.fixture()
+def fleet_on_database(pg_admin, s3_server, s3_env, fault_model_dir, database_url):
+    """Opens a fleet on a private Redis and the private cluster's database; yields both."""
+
+    @contextmanager
+    def open_on(tmp_path):
+        with (
+            private_redis(tmp_path / "redis") as redis,
+            open_fleet(
+                tmp_path / "fleet",
+                pg_admin=pg_admin,
+                s3_endpoint=s3_server,
+                model=fault_model_dir,
+                broker_url=redis.url,
+                database_url=database_url,
+            ) as fleet,
+        ):
+            yield redis, fleet
+
+    return open_on
+
+
 def test_results_rendered_while_postgres_is_down_are_recorded_when_it_returns(
-    tmp_path, pg_admin, s3_server, s3_env, fault_model_dir, postgres, database_url
+    tmp_path, fleet_on_database, postgres
 ):
-    with (
-        private_redis(tmp_path / "redis") as redis,
-        open_fleet(
-            tmp_path / "fleet",
-            pg_admin=pg_admin,
-            s3_endpoint=s3_server,
-            model=fault_model_dir,
-            broker_url=redis.url,
-            database_url=database_url,
-        ) as fleet,
-    ):
+    with fleet_on_database(tmp_path) as (_, fleet):
         worker = fleet.start_worker()
         worker.wait_ready()
         report = fleet.submit(rows(160))
@@ -99,7 +112,7 @@ def test_a_wrong_database_password_is_reported_masked_and_without_a_traceback(po
 
 
 def test_a_delivery_the_database_outlasts_is_published_again_and_not_lost(
-    tmp_path, pg_admin, s3_server, s3_env, fault_model_dir, postgres, database_url
+    tmp_path, fleet_on_database, fault_model_dir, postgres, database_url
 ):
     """Past the runner's bound for retrying the database, the delivery gives up; its messages
     are acknowledged all the same (celery-batches acks on return), so the task publishes the jobs
@@ -115,15 +128,7 @@ def test_a_delivery_the_database_outlasts_is_published_again_and_not_lost(
     from worker.tasks import register_generate_task
 
     with (
-        private_redis(tmp_path / "redis") as redis,
-        open_fleet(
-            tmp_path / "fleet",
-            pg_admin=pg_admin,
-            s3_endpoint=s3_server,
-            model=fault_model_dir,
-            broker_url=redis.url,
-            database_url=database_url,
-        ) as fleet,
+        fleet_on_database(tmp_path) as (redis, fleet),
         UploadPool(max_workers=2) as uploads,
     ):
         report = fleet.submit(rows(3))

@@ -25,6 +25,7 @@ from celery import Celery
 
 from loopfree.queue import GENERATE_TASK, make_celery, publish_jobs, queue_name
 from loopfree.settings import Settings
+from tests.conftest import service_missing
 from tests.helpers_processes import RedisServer
 from worker.service import PIPELINE_DEPTH, pool_options
 from worker.tasks import MaxWaitBatches, batch_task_options
@@ -96,13 +97,27 @@ def batching_worker(
     return worker
 
 
+@pytest.fixture()
+def broker(tmp_path) -> Iterator[RedisServer]:
+    """A Redis server of the test's own, so that stopping the worker can end with killing it."""
+    redis = RedisServer(tmp_path / "redis")
+    try:
+        redis.start()
+    except FileNotFoundError as error:
+        service_missing("redis-server (a private Redis for the batching worker)", error)
+    try:
+        yield redis
+    finally:
+        redis.kill()
+
+
 @contextlib.contextmanager
-def running(worker: Worker, broker: RedisServer | None = None) -> Iterator[None]:
+def running(worker: Worker, broker: RedisServer) -> Iterator[None]:
     """The worker consuming its queue (with the production pool and prefetch window).
 
-    With ``broker`` (a private Redis), the broker is killed if the worker does not stop promptly:
-    after a reconnect, an embedded worker told to stop from another thread can sit in a blocking
-    read on its connection for a minute."""
+    ``broker`` is killed if the worker does not stop promptly: an embedded worker told to stop
+    from another thread can sit in a blocking read on its connection for a minute (seen after a
+    reconnect, and once on a loaded machine without one)."""
     ready = threading.Event()
     controller = worker.app.WorkController(
         hostname=f"batch-fill-{uuid.uuid4().hex[:8]}@test",
@@ -120,8 +135,8 @@ def running(worker: Worker, broker: RedisServer | None = None) -> Iterator[None]
         yield
     finally:
         controller.stop(in_sighandler=False)
-        thread.join(timeout=60 if broker is None else 5)
-        if broker is not None and thread.is_alive():
+        thread.join(timeout=5)
+        if thread.is_alive():
             broker.kill()
             thread.join(timeout=30)
         assert not thread.is_alive(), "the worker did not stop"
@@ -135,13 +150,13 @@ def test_the_production_pool_holds_a_whole_number_of_batches():
 
 
 @pytest.mark.slow
-def test_a_burst_larger_than_the_prefetch_window_fills_every_batch(tmp_path, redis_url):
+def test_a_burst_larger_than_the_prefetch_window_fills_every_batch(tmp_path, broker):
     # 10 batches' worth queued before the worker starts: the prefetch window fills and refills
     # while batches are in hand. A batch is held longer than max_wait, so any part of a batch the
     # window lets in beside the whole batches in hand would wait out max_wait and leave alone.
-    worker = batching_worker(tmp_path, redis_url, max_batch=4, max_wait_ms=400, hold_s=0.8)
+    worker = batching_worker(tmp_path, broker.url, max_batch=4, max_wait_ms=400, hold_s=0.8)
     ids = worker.publish(10 * 4)
-    with running(worker):
+    with running(worker, broker):
         worker.wait_flushed(len(ids))
         time.sleep(0.5)  # a straggler flush would show here
     assert worker.sizes() == [4] * 10
@@ -149,10 +164,10 @@ def test_a_burst_larger_than_the_prefetch_window_fills_every_batch(tmp_path, red
 
 
 @pytest.mark.slow
-def test_a_burst_into_a_running_worker_fills_every_batch(tmp_path, redis_url):
+def test_a_burst_into_a_running_worker_fills_every_batch(tmp_path, broker):
     # Three batches' worth published at once into an idle worker whose timer is ticking.
-    worker = batching_worker(tmp_path, redis_url, max_batch=8, max_wait_ms=500, hold_s=0.2)
-    with running(worker):
+    worker = batching_worker(tmp_path, broker.url, max_batch=8, max_wait_ms=500, hold_s=0.2)
+    with running(worker, broker):
         worker.publish(1)
         worker.wait_flushed(1)
         ids = worker.publish(3 * 8)
@@ -162,9 +177,9 @@ def test_a_burst_into_a_running_worker_fills_every_batch(tmp_path, redis_url):
 
 
 @pytest.mark.slow
-def test_a_lone_message_leaves_after_max_wait_and_not_much_later(tmp_path, redis_url):
-    worker = batching_worker(tmp_path, redis_url, max_batch=16, max_wait_ms=1000, hold_s=0)
-    with running(worker):
+def test_a_lone_message_leaves_after_max_wait_and_not_much_later(tmp_path, broker):
+    worker = batching_worker(tmp_path, broker.url, max_batch=16, max_wait_ms=1000, hold_s=0)
+    with running(worker, broker):
         for expected in (1, 2):  # the first starts the timer; the second finds it stopped
             worker.publish(1)
             worker.wait_flushed(expected, timeout=30)
@@ -176,12 +191,12 @@ def test_a_lone_message_leaves_after_max_wait_and_not_much_later(tmp_path, redis
 
 
 @pytest.mark.slow
-def test_a_message_arriving_just_before_a_tick_waits_for_company(tmp_path, redis_url):
+def test_a_message_arriving_just_before_a_tick_waits_for_company(tmp_path, broker):
     # Messages 1.2 x max_wait apart: each lands in an empty buffer while the timer still ticks
     # (just before the tick that would find the buffer empty and stop it), and, with
     # celery-batches' periodic flush, would leave at that tick after a fraction of max_wait.
-    worker = batching_worker(tmp_path, redis_url, max_batch=16, max_wait_ms=400, hold_s=0)
-    with running(worker):
+    worker = batching_worker(tmp_path, broker.url, max_batch=16, max_wait_ms=400, hold_s=0)
+    with running(worker, broker):
         started = time.monotonic()
         for index in range(6):
             time.sleep(max(0.0, started + index * 1.2 * worker.max_wait_s - time.monotonic()))
@@ -195,11 +210,11 @@ def test_a_message_arriving_just_before_a_tick_waits_for_company(tmp_path, redis
 
 
 @pytest.mark.slow
-def test_a_message_with_a_countdown_leaves_once_its_eta_has_passed(tmp_path, redis_url):
+def test_a_message_with_a_countdown_leaves_once_its_eta_has_passed(tmp_path, broker):
     # A job published again with a countdown (a retry): the worker receives it at once and holds
     # it until its ETA; the ticks must notice the ETA even with nothing else buffered.
-    worker = batching_worker(tmp_path, redis_url, max_batch=16, max_wait_ms=300, hold_s=0)
-    with running(worker):
+    worker = batching_worker(tmp_path, broker.url, max_batch=16, max_wait_ms=300, hold_s=0)
+    with running(worker, broker):
         job_id = str(uuid.uuid4())
         worker.published[job_id] = time.monotonic()
         assert publish_jobs(worker.app, [(job_id, MODEL, 5)], countdown=1.5) == 1
@@ -210,54 +225,33 @@ def test_a_message_with_a_countdown_leaves_once_its_eta_has_passed(tmp_path, red
 
 
 @pytest.mark.slow
-def test_a_lone_message_still_leaves_after_the_worker_reconnects_to_the_broker(tmp_path):
+def test_a_lone_message_still_leaves_after_the_worker_reconnects_to_the_broker(tmp_path, broker):
     # A lost connection clears the event loop's timers without cancelling them. celery-batches,
     # still holding its flush timer, never starts another: from then on a partial batch leaves
     # only once enough messages arrive to fill it.
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
-    try:
-        worker = batching_worker(tmp_path, redis.url, max_batch=16, max_wait_ms=300, hold_s=0)
-        with running(worker, broker=redis):
-            worker.publish(1)
-            worker.wait_flushed(1, timeout=30)
-            worker.publish(1)  # in the buffer, with the flush timer running, as Redis goes
-            redis.stop()
-            redis.start()  # the worker reconnects on its own
-            [alone] = worker.publish(1)
-            deadline = time.monotonic() + 60
-            while not any(alone in flush.job_ids for flush in list(worker.flushes)):
-                assert time.monotonic() < deadline, f"never flushed: {worker.sizes()}"
-                time.sleep(0.05)
-    finally:
-        redis.kill()
+    worker = batching_worker(tmp_path, broker.url, max_batch=16, max_wait_ms=300, hold_s=0)
+    with running(worker, broker):
+        worker.publish(1)
+        worker.wait_flushed(1, timeout=30)
+        worker.publish(1)  # in the buffer, with the flush timer running, as Redis goes
+        broker.stop()
+        broker.start()  # the worker reconnects on its own
+        [alone] = worker.publish(1)
+        deadline = time.monotonic() + 60
+        while not any(alone in flush.job_ids for flush in list(worker.flushes)):
+            assert time.monotonic() < deadline, f"never flushed: {worker.sizes()}"
+            time.sleep(0.05)
 
 
 @pytest.mark.slow
-def test_a_burst_through_the_real_worker_records_only_full_batches(
-    tmp_path, migrated_pg_url, redis_url, s3_server, s3_env, queue_model_dir
-):
+def test_a_burst_through_the_real_worker_records_only_full_batches(tmp_path, fleet_env):
     from producer.prompts import JobDefaults
     from producer.status import list_jobs, wait_for
     from producer.submit import submit_file
     from storage.db import make_engine
-    from storage.objects import open_store
     from tests.helpers_processes import WorkerProcess, settings_from
 
-    bucket = f"fill-{uuid.uuid4().hex[:10]}"
-    open_store(f"s3://{bucket}", endpoint_url=s3_server, region="us-east-1").ensure_bucket()
-    env = {
-        "LOOPFREE_HOME": str(tmp_path / "home"),
-        "LOOPFREE_DATABASE_URL": migrated_pg_url,
-        "LOOPFREE_BROKER_URL": redis_url,
-        "LOOPFREE_STORAGE_URL": f"s3://{bucket}/images",
-        "LOOPFREE_S3_ENDPOINT_URL": s3_server,
-        "LOOPFREE_S3_REGION": "us-east-1",
-        "LOOPFREE_MODEL": str(queue_model_dir),
-        "LOOPFREE_DEVICE": "cpu",
-        "LOOPFREE_MAX_BATCH": "4",
-        "LOOPFREE_MAX_WAIT_MS": "500",
-    }
+    env = {**fleet_env, "LOOPFREE_MAX_BATCH": "4", "LOOPFREE_MAX_WAIT_MS": "500"}
     settings = settings_from(env)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"burst prompt {i}\n" for i in range(48)), encoding="utf-8")

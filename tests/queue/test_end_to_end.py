@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,31 +23,11 @@ from producer.submit import submit_file
 from storage.db import make_engine, session_scope
 from storage.models import Job, Submission
 from storage.objects import open_store
-from tests.conftest import free_port
 from tests.helpers_processes import WorkerProcess, settings_from
 from worker.models import load_model
 from worker.sampler import TiUESampler
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture()
-def fleet_env(tmp_path, migrated_pg_url, redis_url, s3_server, s3_env, queue_model_dir):
-    """LOOPFREE_* variables pointing at the real services, as a deployment would set them."""
-    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
-    open_store(f"s3://{bucket}", endpoint_url=s3_server, region="us-east-1").ensure_bucket()
-    return {
-        "LOOPFREE_HOME": str(tmp_path / "home"),
-        "LOOPFREE_DATABASE_URL": migrated_pg_url,
-        "LOOPFREE_BROKER_URL": redis_url,
-        "LOOPFREE_STORAGE_URL": f"s3://{bucket}/images",
-        "LOOPFREE_S3_ENDPOINT_URL": s3_server,
-        "LOOPFREE_S3_REGION": "us-east-1",
-        "LOOPFREE_MODEL": str(queue_model_dir),
-        "LOOPFREE_MAX_WAIT_MS": "50",
-        "LOOPFREE_METRICS_PORT": str(free_port()),
-        "LOOPFREE_DEVICE": "cpu",
-    }
 
 
 def write_jsonl(path: Path, count: int) -> Path:

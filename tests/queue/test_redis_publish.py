@@ -17,10 +17,10 @@ from kombu import Producer
 from loopfree.errors import BrokerUnavailable
 from loopfree.queue import (
     PRIORITY_VALUES,
-    _publish_with_celery,
     make_celery,
     model_queue,
     publish_jobs,
+    publish_with_celery,
     queue_name,
 )
 from loopfree.redis_publish import (
@@ -72,7 +72,7 @@ def test_a_rendered_message_is_the_one_celery_writes_in_the_same_list(app, clien
     _, value = priority
     by_celery, rendered = str(uuid.uuid4()), str(uuid.uuid4())
 
-    assert _publish_with_celery(app, [(by_celery, "model-a", value)], countdown=None) == 1
+    assert publish_with_celery(app, [(by_celery, "model-a", value)], countdown=None) == 1
     written_by_celery = lists(client)
     client.flushdb()
     assert publish_jobs(app, [(rendered, "model-a", value)]) == 1
@@ -131,7 +131,7 @@ def test_routing_needs_nothing_kept_in_redis(app, client):
             routing_key=queue.routing_key,
             headers={"id": by_kombu},
         )
-    _publish_with_celery(app, [(by_celery, "model-d", 5)], countdown=0.01)
+    publish_with_celery(app, [(by_celery, "model-d", 5)], countdown=0.01)
     publish_jobs(app, [(in_bulk, "model-d", 5)])
 
     ids = [m["headers"]["id"] for ms in lists(client).values() for m in ms]
