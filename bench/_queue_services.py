@@ -49,7 +49,7 @@ def fresh_database(admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
     """A new PostgreSQL database migrated to head; yields its SQLAlchemy URL, drops it after."""
     from sqlalchemy.engine import make_url
 
-    from storage.migrate import upgrade
+    from migrations.runner import upgrade
 
     name = f"loopfree_bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
@@ -179,7 +179,7 @@ def worker_env(
 
 def settings_for(env: Mapping[str, str]):
     """The ``Settings`` a process with ``env`` would read."""
-    from loopfree.settings import Settings
+    from core.settings import Settings
 
     saved = dict(os.environ)
     os.environ.update(env)
@@ -195,7 +195,7 @@ def settings_for(env: Mapping[str, str]):
 # for a before/after in one run. celery-batches' own ``Batches`` flushes its buffer on a PERIODIC
 # timer (every max_wait from the first message after an empty buffer) whatever the age of the
 # messages in it, and 3 pool threads x ceil(max_batch x 4 / 3) = 66 prefetched messages (at
-# max_batch 16) is 4 batches + 2. Now ``worker.tasks.MaxWaitBatches`` flushes a partial batch
+# max_batch 16) is 4 batches + 2. Now ``taskqueue.batches.MaxWaitBatches`` flushes a partial batch
 # when its oldest message has waited max_wait, and ``worker.service.pool_options`` holds exactly
 # PIPELINE_DEPTH (4) batches.
 _BEFORE_THE_FIX = """

@@ -22,14 +22,14 @@ from typing import Any
 
 from _queue_services import delete_queue_keys, load_average, queue_length
 
-import loopfree.queue
 import producer.submit
 import storage.db
 import storage.submissions
-from loopfree.queue import make_celery, publish_with_celery, queue_name
-from loopfree.settings import Settings
+import taskqueue.app
+from core.settings import Settings
 from producer.prompts import JobDefaults
 from producer.submit import submit_file
+from taskqueue.app import make_celery, publish_with_celery, queue_name
 
 # What each gap between two wrapped calls is, in submit_file's order.
 GAPS = {
@@ -41,12 +41,12 @@ WRAPPED = (
     (producer.submit, "default_key"),
     (producer.submit, "canonical_model"),
     (storage.db, "make_engine"),
-    (loopfree.queue, "make_celery"),
+    (taskqueue.app, "make_celery"),
     (producer.submit, "_check_broker"),
     (storage.submissions, "create_submission"),
     (storage.submissions, "insert_jobs"),
     (producer.submit, "_queued_jobs"),
-    (loopfree.queue, "publish_jobs"),
+    (taskqueue.app, "publish_jobs"),
 )
 
 
@@ -187,7 +187,7 @@ def run_whatifs(
     settings: Settings, model: Path, path: Path, defaults: JobDefaults, publish_count: int
 ) -> list[dict[str, Any]]:
     """Publishing the submission's messages once more into a throwaway queue: through Celery's
-    ``apply_async`` one message at a time (how publishing worked before ``loopfree.redis_publish``)
+    ``apply_async`` one message at a time (how publishing worked before ``taskqueue.redis_publish``)
     and in bulk, as ``publish_jobs`` does now."""
     del path, defaults  # the publishers need only job ids
     app = make_celery(settings)
@@ -200,7 +200,7 @@ def run_whatifs(
         small = ids[:publish_count]
         seconds, _ = _timed(lambda: publish_with_celery(app, small, countdown=None))
         rows.append(_row("publish", "Celery apply_async, one message a time", len(small), seconds))
-        seconds, _ = _timed(lambda: loopfree.queue.publish_jobs(app, ids))
+        seconds, _ = _timed(lambda: taskqueue.app.publish_jobs(app, ids))
         rows.append(_row("publish", "publish_jobs: rendered messages, bulk LPUSH", count, seconds))
         if queue_length(settings.resolved_broker_url, queue) != len(small) + count:
             raise AssertionError("a publisher lost messages")

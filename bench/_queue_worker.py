@@ -20,8 +20,8 @@ from typing import Any
 
 from _queue_services import load_average
 
-import loopfree.queue
-from loopfree.settings import Settings
+import taskqueue.app
+from core.settings import Settings
 from producer.prompts import JobDefaults
 from producer.submit import submit_file
 
@@ -247,15 +247,15 @@ def run_stream(
     count = max(1, round(rate * duration_s))
     path = write_prompts(workdir / f"stream-{first}.txt", first, count)
     held: list[tuple[str, str, int]] = []
-    original = loopfree.queue.publish_jobs
-    loopfree.queue.publish_jobs = lambda app, jobs, **_: held.extend(jobs) or len(held)
+    original = taskqueue.app.publish_jobs
+    taskqueue.app.publish_jobs = lambda app, jobs, **_: held.extend(jobs) or len(held)
     try:
         report = submit_file(settings, path, JobDefaults(model=str(model), seed_base=first))
     finally:
-        loopfree.queue.publish_jobs = original
+        taskqueue.app.publish_jobs = original
     assert len(held) == count, (len(held), count)
 
-    app = loopfree.queue.make_celery(settings)
+    app = taskqueue.app.make_celery(settings)
     published: dict[str, float] = {}
     started = time.perf_counter()
     for index, job in enumerate(held):

@@ -186,8 +186,8 @@ def _unpairs(text: str) -> dict[str, int]:
 
 
 def bench_submit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from loopfree.queue import queue_name
-    from loopfree.settings import Settings
+    from core.settings import Settings
+    from taskqueue.app import queue_name
 
     model = make_bench_model(workdir / "submit-model", "tiny")
     with fresh_database(args.pg_admin_url) as database_url:
@@ -266,7 +266,7 @@ def bench_batching(
     index: int,
 ) -> dict[str, Any]:
     """The burst again with a patched worker (see ``BATCHING_WHATIFS``)."""
-    from loopfree.queue import queue_name
+    from taskqueue.app import queue_name
 
     model = workdir / f"model-{shape}"
     env = worker_env(
@@ -297,8 +297,8 @@ def bench_batching(
 def bench_model(
     args: argparse.Namespace, workdir: Path, shape: str, services: Services
 ) -> dict[str, Any]:
-    from loopfree.queue import queue_name
     from storage.objects import open_store
+    from taskqueue.app import queue_name
 
     model = make_bench_model(workdir / f"model-{shape}", shape)
     raw = RawSampler(model)

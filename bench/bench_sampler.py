@@ -57,7 +57,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
-from loopfree.errors import UserError  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from worker.models import LoopfreeModel, pick_device, pick_dtype  # noqa: E402
 from worker.sampler import TiUESampler  # noqa: E402
 from worker.tiny import SD15_SCHEDULER, build_components, write_tokenizer  # noqa: E402

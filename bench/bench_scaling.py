@@ -3,7 +3,7 @@ how many GPU-seconds does that cost over the least the work needs?
 
 A discrete-time simulation (1 s steps, no sleeping; a six-hour day runs in about a second). Jobs
 arrive in a fixed bursty pattern: quiet stretches, bursts of thousands at once or over a minute,
-and a trickle. Every ``eval_s`` simulated seconds a controller asks ``producer.fleet
+and a trickle. Every ``eval_s`` simulated seconds a controller asks ``fleet.scaling
 .recommend_workers`` (the function ``loopfree scale`` and the exporter run) for a worker count;
 new workers serve only after ``startup_s`` (node, image, model load). Workers drain the queue
 first in, first out, as a fluid at ``rate`` jobs/s each.
@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from producer.fleet import recommend_workers  # noqa: E402
+from fleet.scaling import recommend_workers  # noqa: E402
 
 HOUR = 3600.0
 

@@ -32,8 +32,8 @@ from sqlalchemy import Engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from migrations.runner import upgrade  # noqa: E402
 from storage.db import make_engine, session_scope  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
 from storage.models import JobStatus  # noqa: E402
 from storage.objects import ObjectStore, open_store  # noqa: E402
 from storage.queries import count_by_status  # noqa: E402

@@ -20,11 +20,15 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY loopfree ./loopfree
-COPY worker ./worker
-COPY producer ./producer
+COPY core ./core
 COPY storage ./storage
 COPY migrations ./migrations
+COPY taskqueue ./taskqueue
+COPY producer ./producer
+COPY worker ./worker
+COPY status ./status
+COPY fleet ./fleet
+COPY loopfree ./loopfree
 
 # The plain install is the producer: torch belongs to the [worker] extra. The check fails the
 # build if a base dependency drags torch in, instead of shipping a 3 GB "CLI" image.

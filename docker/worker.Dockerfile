@@ -55,11 +55,15 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_IN
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY loopfree ./loopfree
-COPY worker ./worker
-COPY producer ./producer
+COPY core ./core
 COPY storage ./storage
 COPY migrations ./migrations
+COPY taskqueue ./taskqueue
+COPY producer ./producer
+COPY worker ./worker
+COPY status ./status
+COPY fleet ./fleet
+COPY loopfree ./loopfree
 
 # The project by absolute path (what hadolint recognises as local, not an unpinned PyPI name).
 # Naming torch again pins it: if a dependency wanted another torch, pip fails here instead of

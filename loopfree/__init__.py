@@ -1,11 +1,7 @@
-"""loopfree-queue: queue-driven text-to-image generation with the Loopfree (TiUE) sampler.
+"""The ``loopfree`` command line: the entry point that wires every stage's commands.
 
-A job flows producer -> queue -> worker batch -> sampler -> storage:
-
-- ``producer``: parse prompt files, record jobs in SQL, publish them to the broker.
-- ``loopfree.queue``: the Celery app both sides share (JSON only, one queue per model).
-- ``worker``: dynamic batches, the TiUE sampler, PNG encoding, uploads, result recording.
-- ``storage``: SQL job records (SQLAlchemy + Alembic) and the object store (S3 or a folder).
+A job flows producer -> taskqueue -> worker batch -> sampler -> storage; ``docs/architecture.md``
+has the layers. This package sits on top: it imports the stages, and no stage imports it.
 """
 
 __version__ = "0.1.0"

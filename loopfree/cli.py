@@ -1,4 +1,4 @@
-"""The ``loopfree`` command. Subcommands live next to the code they drive; this file wires them.
+"""The ``loopfree`` command. Each stage's subcommands are in ``loopfree.commands``; this wires them.
 
 Nothing here imports torch: ``submit``, ``status`` and friends run in an image without it, and start
 in a fraction of a second. Worker commands import the model stack only when they run.
@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from loopfree.errors import LoopfreeError, RetryableError
+from core.errors import LoopfreeError, RetryableError
 
 app = typer.Typer(
     name="loopfree",
@@ -22,15 +22,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from producer import cli as producer_cli
-    from producer import fleet_cli
-    from storage import cli as storage_cli
-    from worker import cli as worker_cli
+    from loopfree.commands import db, fleet, run, status, submit, worker
 
-    worker_cli.register(app)
-    producer_cli.register(app)
-    fleet_cli.register(app)
-    storage_cli.register(app)
+    for commands in (worker, run, submit, status, fleet, db):
+        commands.register(app)
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 from random import Random
 from typing import IO, Any
 
-from loopfree.errors import InvalidJob, UserError
-from loopfree.jobspec import (
+from core.errors import InvalidJob, UserError
+from core.jobspec import (
     DEFAULT_STEPS,
     MAX_NUM_IMAGES,
     MAX_SEED,

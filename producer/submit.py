@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loopfree.modelinfo import canonical_model, native_size
-from loopfree.settings import Settings
+from core.modelinfo import canonical_model, native_size
+from core.settings import Settings
 from producer.prompts import JobDefaults, ParseResult, parse_prompt_file
 
 
@@ -58,9 +58,9 @@ def submit_file(
     if key is None:
         key = default_key(path, defaults)
     # Imported here so `loopfree --help` and argument errors stay instant.
-    from loopfree.queue import make_celery, publish_jobs
     from storage.db import make_engine, session_scope
     from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
+    from taskqueue.app import make_celery, publish_jobs
 
     # Per distinct model, not per job: both touch the filesystem (9 s of 186 s for 100k jobs).
     models: dict[str, tuple[str, int]] = {}
@@ -163,8 +163,8 @@ def _queued_jobs(session, submission_id: str) -> list[tuple[str, str, int]]:
 
 
 def _check_broker(app) -> None:
-    from loopfree.errors import BrokerUnavailable
-    from loopfree.settings import mask_url
+    from core.errors import BrokerUnavailable
+    from core.settings import mask_url
 
     try:
         with app.connection_for_write() as connection:

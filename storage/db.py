@@ -20,8 +20,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
-from loopfree.errors import DatabaseUnavailable, UserError
-from loopfree.settings import mask_url
+from core.errors import DatabaseUnavailable, UserError
+from core.settings import mask_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a SQLite writer waits for another process's write lock before giving up. Batches

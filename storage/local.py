@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from loopfree.errors import StoreUnavailable
+from core.errors import StoreUnavailable
 from storage.objects import (
     InvalidStorageUrl,
     ObjectNotFound,

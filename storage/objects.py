@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from loopfree.errors import StoreUnavailable, UserError
+from core.errors import StoreUnavailable, UserError
 
 PNG_CONTENT_TYPE = "image/png"
 

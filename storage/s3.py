@@ -28,8 +28,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from loopfree.errors import StoreUnavailable
-from loopfree.settings import mask_url
+from core.errors import StoreUnavailable
+from core.settings import mask_url
 from storage.objects import (
     PNG_CONTENT_TYPE,
     BucketNotFound,

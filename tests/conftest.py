@@ -82,7 +82,7 @@ def pg_url(pg_admin: psycopg.Connection) -> Iterator[str]:
 def _pg_migrated_database(pg_admin: psycopg.Connection) -> Iterator[tuple[str, psycopg.Connection]]:
     """One PostgreSQL database per session, migrated to head once; ``migrated_pg_url`` empties it
     before each test (a TRUNCATE takes milliseconds, a new database plus migrations ~0.3 s)."""
-    from storage.migrate import upgrade
+    from migrations.runner import upgrade
 
     name = f"loopfree_test_{uuid.uuid4().hex[:12]}"
     pg_admin.execute(f'CREATE DATABASE "{name}"')
@@ -132,7 +132,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture()
 def migrated_sqlite_url(sqlite_url: str) -> str:
     """A SQLite file with the loopfree schema at head."""
-    from storage.migrate import upgrade
+    from migrations.runner import upgrade
 
     upgrade(sqlite_url)
     return sqlite_url

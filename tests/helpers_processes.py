@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from loopfree.settings import Settings
+from core.settings import Settings
 from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -23,31 +23,31 @@ from typing import TypeVar
 import torch
 from sqlalchemy import select
 
-from loopfree.errors import (
+from core.errors import (
     BrokerUnavailable,
     DatabaseUnavailable,
     InvalidJob,
     LoopfreeError,
     RetryableError,
 )
-from loopfree.jobspec import validate_job
-from loopfree.queue import WORKER_STOPPED
-from loopfree.webhooks import post_summary
+from core.jobspec import validate_job
 from storage import jobs as job_store
 from storage.db import session_scope
 from storage.models import Job, JobStatus, utcnow
 from storage.queries import load_jobs
+from taskqueue.app import WORKER_STOPPED
 from worker.imaging import encode_png
 from worker.metrics import WorkerMetrics
 from worker.sampler import TiUESampler
 from worker.text import TextEncoderCache
+from worker.webhooks import post_summary
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # How long a delivery keeps retrying the database (claims, finished results) while it is
 # unreachable. Past it the delivery gives up: its jobs' heartbeats stop, and a redelivery or the
-# reconciler hands them to another worker. Workers pass LOOPFREE_DB_RETRY_S (loopfree.settings,
+# reconciler hands them to another worker. Workers pass LOOPFREE_DB_RETRY_S (core.settings,
 # same default); this default is for runners built without settings (tests, benchmarks).
 RECORD_TIMEOUT_S = 300.0
 Publish = Callable[[Sequence[Job], float], None]

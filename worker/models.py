@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from loopfree.errors import ModelNotFound, UserError
+from core.errors import ModelNotFound, UserError
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,19 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from loopfree.errors import UserError
-from loopfree.modelinfo import canonical_model
-from loopfree.queue import make_celery, model_queue, publish_jobs
-from loopfree.settings import Settings
+from core.errors import UserError
+from core.modelinfo import canonical_model
+from core.settings import Settings
 from storage import jobs as job_store
 from storage.db import make_engine, session_scope
 from storage.models import Job
 from storage.objects import open_store
 from storage.uploads import UploadPool
+from taskqueue.app import make_celery, model_queue, publish_jobs
+from taskqueue.batches import MaxWaitBatches
 from worker.batch import BatchRunner
 from worker.metrics import WorkerMetrics
-from worker.tasks import MaxWaitBatches, register_generate_task
+from worker.tasks import register_generate_task
 
 log = logging.getLogger(__name__)
 

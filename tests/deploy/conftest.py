@@ -45,7 +45,7 @@ def k8s_documents() -> list[tuple[Path, dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def settings_env_names() -> set[str]:
     """The environment variables loopfree's Settings reads: prefix + field name, upper-cased."""
-    from loopfree.settings import Settings
+    from core.settings import Settings
 
     prefix = Settings.model_config.get("env_prefix", "")
     assert prefix == "LOOPFREE_", f"Settings' env_prefix changed to {prefix!r}; update the checks"
@@ -59,7 +59,7 @@ def settings_env_names() -> set[str]:
 @pytest.fixture
 def settings_from_env(monkeypatch: pytest.MonkeyPatch):
     """Build Settings from exactly the given variables, as a container with that env would."""
-    from loopfree.settings import Settings
+    from core.settings import Settings
 
     def build(env: dict[str, str]) -> Any:
         for name in list(os.environ):

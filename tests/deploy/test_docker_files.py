@@ -510,7 +510,7 @@ def test_the_reconciler_healthcheck_fails_once_no_run_has_succeeded_for_three_pe
     assert not healthy(), "healthy although three runs in a row have not succeeded"
 
 
-# --- environment variables vs. loopfree.settings ------------------------------------------------
+# --- environment variables vs. core.settings ------------------------------------------------
 
 
 def compose_environment(service: dict[str, Any]) -> dict[str, str]:
@@ -529,7 +529,7 @@ def test_every_loopfree_variable_named_in_docker_files_is_a_setting(settings_env
         for name in LOOPFREE_VAR.findall(path.read_text(encoding="utf-8")):
             seen.add(name)
             assert name in settings_env_names, (
-                f"{path.relative_to(REPO)} names {name}, which loopfree.settings does not read "
+                f"{path.relative_to(REPO)} names {name}, which core.settings does not read "
                 f"(known: {', '.join(sorted(settings_env_names))})"
             )
     assert {"LOOPFREE_BROKER_URL", "LOOPFREE_DATABASE_URL", "LOOPFREE_METRICS_PORT"} <= seen

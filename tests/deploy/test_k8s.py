@@ -427,7 +427,7 @@ def test_manifest_environment_is_accepted_by_settings(
 ):
     env = manifest_env(k8s_documents, one(k8s_documents, kind, workload))
     unknown = {name for name in env if name.startswith("LOOPFREE_")} - settings_env_names
-    assert not unknown, f"{workload}: loopfree.settings reads no {', '.join(sorted(unknown))}"
+    assert not unknown, f"{workload}: core.settings reads no {', '.join(sorted(unknown))}"
     settings = settings_from_env(env)
     assert settings.resolved_broker_url.startswith("redis://")
     assert settings.resolved_database_url.startswith("postgresql+psycopg://")

@@ -14,12 +14,12 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import func, select
 
-from loopfree.queue import PRIORITY_STEPS, queue_name
 from producer.prompts import JobDefaults
 from producer.submit import SubmitReport, submit_file
 from storage.db import make_engine, session_scope
 from storage.models import Job, JobStatus
 from storage.objects import open_store
+from taskqueue.app import PRIORITY_STEPS, queue_name
 from tests.helpers_processes import (
     RedisServer,
     WorkerProcess,
@@ -73,7 +73,7 @@ def migrated_database(admin: psycopg.Connection, admin_url: str) -> Iterator[str
     """A fresh database on the server ``admin`` is connected to, at the newest schema."""
     from sqlalchemy.engine import make_url
 
-    from storage.migrate import upgrade
+    from migrations.runner import upgrade
 
     name = f"loopfree_fault_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')

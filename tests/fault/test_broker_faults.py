@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kombu import Producer
 
-from loopfree.queue import make_celery, model_queue, publish_jobs
+from taskqueue.app import make_celery, model_queue, publish_jobs
 from tests.fault.conftest import open_fleet, private_redis
 from tests.fault.fleet import Fleet, rows
 from tests.fault.reconcile import assert_reconciled

@@ -41,7 +41,7 @@ def postgres():
 @pytest.fixture(scope="module")
 def database_url(postgres):
     """A migrated database in the private cluster (thrown away with the cluster)."""
-    from storage.migrate import upgrade
+    from migrations.runner import upgrade
 
     with psycopg.connect(postgres.url().replace("+psycopg", ""), autocommit=True) as admin:
         admin.execute("CREATE DATABASE loopfree")
@@ -119,9 +119,9 @@ def test_a_delivery_the_database_outlasts_is_published_again_and_not_lost(
     again, due once a job it may have claimed looks abandoned."""
     from celery_batches import SimpleRequest
 
-    from loopfree.queue import GENERATE_TASK, make_celery
     from storage.db import make_engine
     from storage.uploads import UploadPool
+    from taskqueue.app import GENERATE_TASK, make_celery
     from worker.batch import BatchRunner
     from worker.models import load_model
     from worker.sampler import TiUESampler

@@ -9,10 +9,10 @@ import os
 import pytest
 from sqlalchemy import func, select
 
-from loopfree.errors import BrokerUnavailable, DatabaseUnavailable
-from loopfree.queue import PRIORITY_STEPS, queue_name
+from core.errors import BrokerUnavailable, DatabaseUnavailable
 from storage.db import session_scope
 from storage.models import Job, Submission
+from taskqueue.app import PRIORITY_STEPS, queue_name
 from tests.conftest import free_port
 from tests.fault.fleet import rows
 from tests.helpers_processes import run_cli

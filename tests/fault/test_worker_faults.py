@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from loopfree.errors import UserError
-from loopfree.settings import Settings
-from producer.status import cancel
+from core.errors import UserError
+from core.settings import Settings
+from status.queries import cancel
 from storage.models import JobStatus
 from tests.fault.fleet import rows
 from tests.fault.reconcile import assert_reconciled

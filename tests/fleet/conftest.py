@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
+from migrations.runner import upgrade
 from storage import jobs as job_store
 from storage.db import make_engine, session_scope
-from storage.migrate import upgrade
 from storage.models import utcnow
 from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
 from tests.conftest import REDIS_URL, service_missing
@@ -162,7 +162,7 @@ def unique_model(redis_broker_url: str) -> Iterator[str]:
     """A model name no other test uses; its queue's keys are deleted afterwards."""
     import redis
 
-    from loopfree.queue import queue_name
+    from taskqueue.app import queue_name
 
     model = f"fleet-test/{uuid.uuid4().hex[:12]}"
     try:

@@ -17,13 +17,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 
-from loopfree.queue import make_celery, publish_jobs, queue_name
-from loopfree.settings import Settings
-from producer.exporter import FleetCollector, collect_fleet_metrics, render
+from core.settings import Settings
+from fleet.exporter import FleetCollector, collect_fleet_metrics, render
+from migrations.runner import upgrade
 from storage import jobs as job_store
 from storage.db import make_engine, session_scope
-from storage.migrate import upgrade
 from storage.models import Job, JobStatus, utcnow
+from taskqueue.app import make_celery, publish_jobs, queue_name
 from tests.conftest import free_port
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs
 
@@ -275,7 +275,7 @@ def test_the_metrics_command_serves_refreshes_and_exits_cleanly_on_sigterm(
         "LOOPFREE_MODEL": "fleet-test/configured",
     }
     program = (
-        "import typer; from producer.fleet_cli import register; "
+        "import typer; from loopfree.commands.fleet import register; "
         "app = typer.Typer(); register(app); app()"
     )
     command = [sys.executable, "-c", program, "metrics", "--port", str(port)]

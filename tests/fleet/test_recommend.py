@@ -1,4 +1,4 @@
-"""``producer.fleet``: the worker-count arithmetic and the throughput measure, without services."""
+"""``fleet.scaling``: the worker-count arithmetic and the throughput measure, without services."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from producer.fleet import (
+from fleet.scaling import (
     MIN_WINDOW_FRACTION,
     BatchSpan,
     Throughput,

@@ -11,12 +11,12 @@ from datetime import timedelta
 
 import pytest
 import typer
+from loopfree.commands.fleet import register
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from loopfree.settings import get_settings
-from producer.fleet_cli import register
-from storage.migrate import upgrade
+from core.settings import get_settings
+from migrations.runner import upgrade
 from storage.models import utcnow
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs
 
@@ -155,7 +155,7 @@ def test_the_fleet_commands_never_import_torch(tmp_path):
     # The exporter and `scale` run in the slim CLI image, which has no torch.
     program = (
         "import sys, typer; from typer.testing import CliRunner; "
-        "from producer.fleet_cli import register; app = typer.Typer(); register(app); "
+        "from loopfree.commands.fleet import register; app = typer.Typer(); register(app); "
         "result = CliRunner().invoke(app, ['scale', '--json']); "
         "assert result.exit_code == 0, result.output; "
         "heavy = {'torch', 'diffusers', 'transformers'} & set(sys.modules); "

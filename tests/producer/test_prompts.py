@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loopfree.errors import InvalidJob, UserError
-from loopfree.jobspec import (
+from core.errors import InvalidJob, UserError
+from core.jobspec import (
     MAX_NUM_IMAGES,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -566,7 +566,7 @@ def test_pydantic_errors_are_explained_without_urls() -> None:
 
 def test_the_parser_imports_nothing_heavy() -> None:
     code = (
-        "import sys, producer.prompts, loopfree.jobspec; "
+        "import sys, producer.prompts, core.jobspec; "
         "heavy = {'torch', 'celery', 'sqlalchemy', 'pydantic', 'numpy', 'diffusers'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )

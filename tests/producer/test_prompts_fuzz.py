@@ -10,8 +10,8 @@ import os
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from loopfree.errors import InvalidJob
-from loopfree.jobspec import MAX_SEED, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, JobSpec
+from core.errors import InvalidJob
+from core.jobspec import MAX_SEED, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, JobSpec
 from producer.prompts import (
     LINE_FIELDS,
     JobDefaults,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loopfree.settings import Settings
-from storage.migrate import upgrade
+from core.settings import Settings
+from migrations.runner import upgrade
 from storage.objects import open_store
 from tests.conftest import free_port
 from worker.tiny import make_model

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import pytest
 from celery import Celery
 
-from loopfree.queue import GENERATE_TASK, make_celery, publish_jobs, queue_name
-from loopfree.settings import Settings
+from core.settings import Settings
+from taskqueue.app import GENERATE_TASK, make_celery, publish_jobs, queue_name
+from taskqueue.batches import MaxWaitBatches, batch_task_options
 from tests.conftest import service_missing
 from tests.helpers_processes import RedisServer
 from worker.service import PIPELINE_DEPTH, pool_options
-from worker.tasks import MaxWaitBatches, batch_task_options
 
 MODEL = "batch-fill-test"
 
@@ -246,8 +246,8 @@ def test_a_lone_message_still_leaves_after_the_worker_reconnects_to_the_broker(t
 @pytest.mark.slow
 def test_a_burst_through_the_real_worker_records_only_full_batches(tmp_path, fleet_env):
     from producer.prompts import JobDefaults
-    from producer.status import list_jobs, wait_for
     from producer.submit import submit_file
+    from status.queries import list_jobs, wait_for
     from storage.db import make_engine
     from tests.helpers_processes import WorkerProcess, settings_from
 

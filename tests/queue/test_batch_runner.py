@@ -213,7 +213,7 @@ def take_over(engine, job_id: str) -> None:
 
 @pytest.mark.parametrize("upload", ["stored", "refused"])
 def test_a_job_taken_over_during_its_upload_is_left_to_its_new_owner(runtime, upload):
-    from loopfree.errors import StoreUnavailable
+    from core.errors import StoreUnavailable
 
     runner, engine, _, published = runtime
     ids = add_jobs(engine, runner.sampler.model.name, [("a", 1, 64), ("b", 2, 64)])
@@ -240,7 +240,7 @@ def test_a_job_taken_over_during_its_upload_is_left_to_its_new_owner(runtime, up
 def test_workers_retry_the_database_for_loopfree_db_retry_s(embedded_settings, monkeypatch):
     from pydantic import ValidationError
 
-    from loopfree.settings import Settings
+    from core.settings import Settings
     from worker.service import build_runtime
 
     monkeypatch.setenv("LOOPFREE_DB_RETRY_S", "0")

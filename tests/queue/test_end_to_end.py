@@ -16,13 +16,13 @@ import pytest
 import redis
 from PIL import Image
 
-from loopfree.queue import queue_name
 from producer.prompts import JobDefaults, PromptFileError
-from producer.status import cancel, list_jobs, wait_for
 from producer.submit import submit_file
+from status.queries import cancel, list_jobs, wait_for
 from storage.db import make_engine, session_scope
 from storage.models import Job, Submission
 from storage.objects import open_store
+from taskqueue.app import queue_name
 from tests.helpers_processes import WorkerProcess, settings_from
 from worker.models import load_model
 from worker.sampler import TiUESampler

@@ -14,8 +14,14 @@ import pytest
 import redis
 from kombu import Producer
 
-from loopfree.errors import BrokerUnavailable
-from loopfree.queue import (
+from core.errors import BrokerUnavailable
+from core.settings import Settings
+from producer.prompts import JobDefaults
+from producer.submit import submit_file
+from fleet.reconcile import requeue
+from storage.db import make_engine, session_scope
+from storage.submissions import job_ids_of
+from taskqueue.app import (
     PRIORITY_VALUES,
     make_celery,
     model_queue,
@@ -23,18 +29,12 @@ from loopfree.queue import (
     publish_with_celery,
     queue_name,
 )
-from loopfree.redis_publish import (
+from taskqueue.redis_publish import (
     MESSAGES_PER_LPUSH,
     MessageTemplate,
     job_ids_in_broker,
     supports,
 )
-from loopfree.settings import Settings
-from producer.prompts import JobDefaults
-from producer.status import requeue
-from producer.submit import submit_file
-from storage.db import make_engine, session_scope
-from storage.submissions import job_ids_of
 from tests.conftest import free_port
 
 

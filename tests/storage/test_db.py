@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from loopfree.errors import DatabaseUnavailable
+from core.errors import DatabaseUnavailable
 from storage.db import DatabaseMisconfigured, check_connection, make_engine, session_scope
 from tests.conftest import PG_ADMIN_URL, free_port
 

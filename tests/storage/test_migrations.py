@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from storage import migrate
+from migrations import runner as migrate
 from storage.db import SchemaMissing, make_engine, session_scope
 from storage.models import Base, JobStatus
 from storage.queries import count_by_status

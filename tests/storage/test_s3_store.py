@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from loopfree.errors import StoreUnavailable, UserError
+from core.errors import StoreUnavailable, UserError
 from storage.objects import (
     BucketNotFound,
     InvalidStorageUrl,

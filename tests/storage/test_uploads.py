@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loopfree.errors import StoreUnavailable
+from core.errors import StoreUnavailable
 from storage.local import LocalStore
 from storage.objects import StoredObject
 from storage.s3 import S3Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loopfree.errors import UserError
+from core.errors import UserError
 from tests.worker.reference import reference_image
 from worker.sampler import TiUESampler
 

@@ -1,25 +1,21 @@
 """What users ask the database: where a submission or job stands, waiting for it, results, stats.
 
 Only SQL and the object store are consulted; the broker is not needed to answer any of these.
-``requeue``, which changes jobs rather than reporting on them, also publishes to the broker.
+``cancel`` is the one write: it moves queued jobs to ``cancelled`` through ``storage.jobs``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from loopfree.errors import UserError
-from loopfree.settings import Settings
+from core.errors import UserError
+from core.settings import Settings
 from storage.db import make_engine, session_scope
-from storage.models import Job, JobStatus, Submission, utcnow
+from storage.models import Job, JobStatus, Submission
 from storage.queries import count_by_status, get_job, iter_submission_jobs
-
-log = logging.getLogger(__name__)
 
 JOB_FIELDS = (
     "id",
@@ -198,57 +194,6 @@ def cancel(engine, identifier: str) -> int:
         if get_job(session, identifier) is None:
             raise UserError(f"no submission or job has id {identifier}")
         return len(cancel_queued(session, job_ids=[identifier]))
-
-
-def requeue(settings: Settings, *, stuck: bool, failed: bool, submission_id: str | None) -> dict:
-    """Take back what dead workers held and re-publish what the broker lost.
-
-    ``--stuck``: jobs running with a heartbeat older than ``stuck_after_s`` go back to queued.
-    ``--failed``: failed jobs are queued again with fresh attempts. Then every queued job with no
-    message in the broker is published again; where the broker cannot be read (not Redis), every
-    queued job is, which is safe too (a duplicate message cannot claim a job twice). Safe to run at
-    any time, beside workers and beside another run.
-    """
-    from loopfree import redis_publish
-    from loopfree.queue import WORKER_STOPPED, make_celery, publish_jobs, queue_name
-    from storage.jobs import release_abandoned, requeue_failed
-    from storage.queries import find_stuck_running, queued_job_keys
-
-    engine = engine_for(settings)
-    cutoff = utcnow() - timedelta(seconds=settings.stuck_after_s)
-    released = requeued = 0
-    with session_scope(engine) as session:
-        if failed:
-            requeued = len(requeue_failed(session, submission_id=submission_id))
-        if stuck:
-            abandoned = [
-                job.id
-                for job in find_stuck_running(session, heartbeat_before=cutoff, limit=1_000_000)
-                if submission_id is None or job.submission_id == submission_id
-            ]
-            released = len(
-                release_abandoned(session, abandoned, heartbeat_before=cutoff, error=WORKER_STOPPED)
-            )
-    with session_scope(engine) as session:
-        queued = queued_job_keys(session, submission_id=submission_id)
-    app = make_celery(settings)
-    in_broker: set[str] = set()
-    if queued and redis_publish.supports(app.conf.broker_url):
-        try:
-            models = {queue_name(model) for _, model, _ in queued}
-            in_broker = redis_publish.job_ids_in_broker(app, models)
-        except Exception as error:  # noqa: BLE001 - any failure here means "publish them all"
-            log.warning(
-                "could not read the broker's messages (%s); publishing every queued job", error
-            )
-    to_publish = [job for job in queued if job[0] not in in_broker]
-    published = publish_jobs(app, to_publish)
-    return {
-        "released": released,
-        "requeued_failed": requeued,
-        "published": published,
-        "already_in_broker": len(queued) - len(to_publish),
-    }
 
 
 def results(settings: Settings, submission_id: str) -> Iterator[dict[str, Any]]:

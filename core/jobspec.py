@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loopfree.errors import InvalidJob
+from core.errors import InvalidJob
 
 if TYPE_CHECKING:
     from pydantic import ValidationError

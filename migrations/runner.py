@@ -1,6 +1,6 @@
 """Alembic as plain functions: ``upgrade``, ``downgrade``, ``current``, ``head``, ``check_schema``.
 
-The Alembic ``Config`` is built in code (``script_location`` is the ``migrations`` package), and
+The Alembic ``Config`` is built in code (``script_location`` is this package's folder), and
 migrations run on an engine from ``storage.db.make_engine``, so they get the same SQLite settings
 and error translation as everything else.
 """
@@ -18,12 +18,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 
-import migrations
 from storage.db import SchemaMissing, engine_label, make_engine, translate_db_errors
 
-# ``__path__`` rather than ``__file__``: an editable install made before the folder had an
-# ``__init__.py`` imports it as a namespace package, which has no ``__file__``.
-MIGRATIONS_DIR = Path(next(iter(migrations.__path__))).resolve()
+# This module lives in the migrations package, so the revisions are its neighbours.
+MIGRATIONS_DIR = Path(__file__).resolve().parent
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -1,5 +1,6 @@
-"""Fleet commands: ``metrics`` (the Prometheus exporter KEDA scales on) and ``scale`` (the worker
-count for one model, for autoscalers without Kubernetes). Neither imports torch."""
+"""Fleet commands: ``requeue`` (the reconciler), ``metrics`` (the Prometheus exporter KEDA scales
+on) and ``scale`` (the worker count for one model, for autoscalers without Kubernetes). None of
+them imports torch."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from loopfree.settings import get_settings
-from producer.fleet import DEFAULT_STARTUP_S, DEFAULT_TARGET_S
+from core.settings import get_settings
+from fleet.scaling import DEFAULT_STARTUP_S, DEFAULT_TARGET_S
 
 # Shared by `metrics` (loopfree_recommended_workers) and `scale`, so both size alike.
 TargetSeconds = Annotated[
@@ -49,10 +50,10 @@ def metrics(
     import signal
     import threading
 
-    from loopfree.modelinfo import canonical_model
-    from loopfree.queue import make_celery
-    from producer.exporter import FleetCollector, serve
+    from core.modelinfo import canonical_model
+    from fleet.exporter import FleetCollector, serve
     from storage.db import make_engine
+    from taskqueue.app import make_celery
 
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -97,9 +98,9 @@ def scale(
     """Print how many workers drain MODEL's queued and running jobs before its oldest queued job
     has waited --target-seconds, at the rate its workers were measured to work. Prints just the
     number unless --json."""
-    from loopfree.modelinfo import canonical_model
-    from producer.exporter import age_s, count_pending, measure_throughput, oldest_queued_at
-    from producer.fleet import plan_scale
+    from core.modelinfo import canonical_model
+    from fleet.exporter import age_s, count_pending, measure_throughput, oldest_queued_at
+    from fleet.scaling import plan_scale
     from storage.db import make_engine, session_scope
     from storage.models import utcnow
 
@@ -136,7 +137,21 @@ def scale(
     typer.echo(plan.recommended_workers)
     typer.echo(plan.reason, err=True)
 
+def requeue(
+    stuck: Annotated[
+        bool, typer.Option(help="Take back jobs of dead workers; republish queued.")
+    ] = False,
+    failed: Annotated[bool, typer.Option(help="Queue failed jobs again.")] = False,
+    submission: Annotated[str | None, typer.Option(help="Only this submission.")] = None,
+) -> None:
+    """Reconcile the broker with the database. Safe to run at any time, alongside workers."""
+    from fleet.reconcile import requeue as do_requeue
+
+    result = do_requeue(get_settings(), stuck=stuck, failed=failed, submission_id=submission)
+    typer.echo(json.dumps(result))
+
+
 
 def register(app: typer.Typer) -> None:
-    for command in (metrics, scale):
+    for command in (metrics, scale, requeue):
         app.command()(command)

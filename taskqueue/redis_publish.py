@@ -67,7 +67,7 @@ class MessageTemplate:
     def capture(cls, app: Celery, queue_name: str, broker_priority: int) -> MessageTemplate:
         """Have Celery publish a placeholder job to ``queue_name`` over kombu's in-memory
         transport, the way ``publish_jobs`` does, and turn the message into a template."""
-        from loopfree.queue import GENERATE_TASK, model_queue_named
+        from taskqueue.app import GENERATE_TASK, model_queue_named
 
         queue = model_queue_named(queue_name)
         with app.connection_for_write("memory://") as connection:

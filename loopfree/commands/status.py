@@ -1,5 +1,7 @@
-"""Producer and status commands: ``submit``, ``status``, ``jobs``, ``wait``, ``stats``, ``cancel``,
-``results``, ``requeue``. None of them imports torch."""
+"""Status commands: ``status``, ``jobs``, ``wait``, ``stats``, ``cancel``, ``results``.
+
+They read the database (and the object store for ``results``); none of them imports torch.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from loopfree.settings import get_settings
+from core.settings import get_settings
 
 
 class Format(str, Enum):
@@ -21,63 +23,10 @@ class Format(str, Enum):
     csv = "csv"
 
 
-class Priority(str, Enum):
-    high = "high"
-    normal = "normal"
-    low = "low"
-
-
-def submit(
-    file: Annotated[Path, typer.Argument(help="Prompts: .txt (one per line), .jsonl or .csv.")],
-    model: Annotated[str | None, typer.Option(help="Default model for lines without one.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Job i gets SEED+i; random if unset.")] = None,
-    height: Annotated[int | None, typer.Option(help="Default height (model's native).")] = None,
-    width: Annotated[int | None, typer.Option(help="Default width (model's native).")] = None,
-    steps: Annotated[int, typer.Option(help="Default DDIM steps.")] = 4,
-    priority: Annotated[Priority, typer.Option()] = Priority.normal,
-    num_images: Annotated[int, typer.Option(help="Images per prompt line.")] = 1,
-    skip_invalid: Annotated[bool, typer.Option(help="Queue the valid lines anyway.")] = False,
-    key: Annotated[
-        str | None, typer.Option(help="Idempotency key (default: from file content and options).")
-    ] = None,
-    webhook: Annotated[str | None, typer.Option(help="POST a JSON summary here when done.")] = None,
-    wait: Annotated[bool, typer.Option(help="Follow progress until every job is done.")] = False,
-) -> None:
-    """Validate FILE, record its jobs in the database, queue them; prints the submission id."""
-    from producer.prompts import JobDefaults
-    from producer.submit import submit_file
-
-    settings = get_settings()
-    defaults = JobDefaults(
-        model=model or settings.model,
-        seed_base=seed,
-        height=height,
-        width=width,
-        steps=steps,
-        priority=priority.value,
-        num_images=num_images,
-    )
-    report = submit_file(
-        settings, file, defaults, skip_invalid=skip_invalid, key=key, webhook_url=webhook
-    )
-    for error in report.parse.skipped:
-        typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
-    if not report.created:
-        typer.secho(
-            f"already submitted: {report.inserted} missing job(s) added, "
-            f"{report.published} queued job(s) published again",
-            err=True,
-        )
-    typer.echo(report.submission_id)
-    if wait:
-        from producer.status import wait_for
-
-        raise typer.Exit(0 if wait_for(settings, report.submission_id) else 1)
-
 
 def status(identifier: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """A submission's counts by status, or one job's record."""
-    from producer.status import SubmissionStatus, engine_for, lookup
+    from status.queries import SubmissionStatus, engine_for, lookup
 
     found = lookup(engine_for(get_settings()), identifier)
     if isinstance(found, SubmissionStatus):
@@ -98,7 +47,7 @@ def jobs(
     format: Annotated[Format, typer.Option()] = Format.table,
 ) -> None:
     """List jobs from the database."""
-    from producer.status import engine_for, list_jobs
+    from status.queries import engine_for, list_jobs
     from storage.models import JobStatus
 
     if status_ is not None and status_ not in {s.value for s in JobStatus}:
@@ -110,7 +59,7 @@ def jobs(
     if format is Format.json:
         typer.echo(json.dumps(list(records), indent=1))
     elif format is Format.csv:
-        from producer.status import JOB_FIELDS
+        from status.queries import JOB_FIELDS
 
         writer = csv.DictWriter(sys.stdout, fieldnames=JOB_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -138,7 +87,7 @@ def wait(
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
     """Follow a submission until every job is done; exits 1 if any failed."""
-    from producer.status import wait_for
+    from status.queries import wait_for
 
     raise typer.Exit(0 if wait_for(get_settings(), identifier, timeout_s=timeout) else 1)
 
@@ -148,8 +97,8 @@ def stats(
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Counts by status, images/s, p50/p95 queue wait and end-to-end latency, batch fill."""
-    from producer.status import engine_for
-    from producer.status import stats as compute
+    from status.queries import engine_for
+    from status.queries import stats as compute
 
     result = compute(engine_for(get_settings()), window_s=window)
     if json_:
@@ -170,8 +119,8 @@ def _fmt(value: float | None) -> str:
 
 def cancel(identifier: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Cancel a queued job, or every queued job of a submission. Running jobs finish."""
-    from producer.status import cancel as do_cancel
-    from producer.status import engine_for
+    from status.queries import cancel as do_cancel
+    from status.queries import engine_for
 
     typer.echo(f"cancelled {do_cancel(engine_for(get_settings()), identifier)} job(s)")
 
@@ -181,7 +130,7 @@ def results(
     download: Annotated[Path | None, typer.Option(help="Save the images into this folder.")] = None,
 ) -> None:
     """A JSONL manifest with presigned URLs, or --download DIR to fetch the images."""
-    from producer.status import results as manifest
+    from status.queries import results as manifest
 
     settings = get_settings()
     if download is None:
@@ -204,20 +153,7 @@ def results(
     typer.echo(f"downloaded {count} image(s) to {download}")
 
 
-def requeue(
-    stuck: Annotated[
-        bool, typer.Option(help="Take back jobs of dead workers; republish queued.")
-    ] = False,
-    failed: Annotated[bool, typer.Option(help="Queue failed jobs again.")] = False,
-    submission: Annotated[str | None, typer.Option(help="Only this submission.")] = None,
-) -> None:
-    """Reconcile the broker with the database. Safe to run at any time, alongside workers."""
-    from producer.status import requeue as do_requeue
-
-    result = do_requeue(get_settings(), stuck=stuck, failed=failed, submission_id=submission)
-    typer.echo(json.dumps(result))
-
 
 def register(app: typer.Typer) -> None:
-    for command in (submit, status, jobs, wait, stats, cancel, results, requeue):
+    for command in (status, jobs, wait, stats, cancel, results):
         app.command()(command)

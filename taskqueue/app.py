@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 from kombu import Exchange, Queue
 
-from loopfree.errors import BrokerUnavailable
-from loopfree.settings import Settings, mask_url
+from core.errors import BrokerUnavailable
+from core.settings import Settings, mask_url
 
 GENERATE_TASK = "loopfree.generate"
 QUEUE_PREFIX = "loopfree."
@@ -114,9 +114,9 @@ def publish_jobs(
     """Publish ``(job_id, model, priority)`` messages in bulk; returns how many went out.
 
     On Redis, messages rendered from a template are pushed a thousand per round trip
-    (``loopfree.redis_publish``); elsewhere, and for delayed messages, through Celery.
+    (``taskqueue.redis_publish``); elsewhere, and for delayed messages, through Celery.
     """
-    from loopfree import redis_publish
+    from taskqueue import redis_publish
 
     if countdown is None and redis_publish.supports(app.conf.broker_url):
         messages = [(job_id, queue_name(model), broker_priority(p)) for job_id, model, p in jobs]

@@ -26,7 +26,7 @@ What is exported (all gauges):
   the exporter's ``--target-seconds`` and ``--startup-seconds``, not knowing how many run), so an
   autoscaler can scale on it with a target of 1 worker per worker.
 * ``loopfree_worker_throughput_images_per_second{model}``: the median worker's measured rate (see
-  ``producer.fleet``), with ``loopfree_throughput_workers{model}`` saying over how many workers.
+  ``fleet.scaling``), with ``loopfree_throughput_workers{model}`` saying over how many workers.
 * ``loopfree_database_up``, ``loopfree_broker_up``, ``loopfree_exporter_refresh_seconds`` and
   ``loopfree_exporter_refresh_timestamp_seconds``. With the database down, the job gauges are left
   out rather than repeated stale (Prometheus' advice for exporters).
@@ -49,9 +49,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from loopfree.errors import LoopfreeError
-from loopfree.queue import queue_depths
-from producer.fleet import (
+from core.errors import LoopfreeError
+from fleet.scaling import (
     DEFAULT_STARTUP_S,
     DEFAULT_TARGET_S,
     BatchSpan,
@@ -61,6 +60,7 @@ from producer.fleet import (
 )
 from storage.db import session_scope
 from storage.models import Job, JobStatus, utcnow
+from taskqueue.app import queue_depths
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def measure_throughput(
     lookback_s: float = THROUGHPUT_LOOKBACK_S,
     now: datetime | None = None,
 ) -> Throughput:
-    """The median per-worker rate of ``model`` over its recent batches (``producer.fleet``)."""
+    """The median per-worker rate of ``model`` over its recent batches (``fleet.scaling``)."""
     batches = recent_batches(
         session, model, sample_jobs=sample_jobs, lookback_s=lookback_s, now=now
     )
@@ -242,7 +242,7 @@ def collect_fleet_metrics(
     With ``reuse``, an earlier snapshot that read the database, only open jobs are counted again;
     finished-job counts, the models known and throughput are carried over from it. The oldest
     queued job is looked up on every refresh, and each model's recommended workers computed with
-    ``target_s`` and ``startup_s`` (``producer.fleet.recommend_workers``; how many workers run is
+    ``target_s`` and ``startup_s`` (``fleet.scaling.recommend_workers``; how many workers run is
     not known here, so every one is assumed to start from cold).
     """
     started = time.perf_counter()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from loopfree.settings import get_settings, mask_url
+from core.settings import get_settings, mask_url
 
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 
@@ -14,7 +14,7 @@ db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_he
 @db_app.command()
 def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Migrate the database to REVISION (default: the newest)."""
-    from storage import migrate
+    from migrations import runner as migrate
 
     settings = get_settings()
     settings.ensure_home()
@@ -26,7 +26,7 @@ def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @db_app.command()
 def downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     """Migrate the database down to REVISION ("base" removes everything)."""
-    from storage import migrate
+    from migrations import runner as migrate
 
     migrate.downgrade(get_settings().resolved_database_url, revision)
 
@@ -34,7 +34,7 @@ def downgrade(revision: Annotated[str, typer.Argument()]) -> None:
 @db_app.command()
 def current() -> None:
     """Print the database's revision."""
-    from storage import migrate
+    from migrations import runner as migrate
 
     typer.echo(
         migrate.current(get_settings().resolved_database_url) or "empty (run `loopfree db upgrade`)"

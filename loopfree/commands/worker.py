@@ -1,4 +1,4 @@
-"""Worker-side commands: ``generate``, ``worker``, ``run``, ``model make-tiny``.
+"""Worker-side commands: ``generate``, ``worker``, ``model make-tiny``.
 
 torch and diffusers are imported inside the commands, never at module level: the CLI image has no
 torch, and ``loopfree submit`` must not pay for it.
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from loopfree.settings import get_settings
+from core.settings import get_settings
 
 model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
 
@@ -56,7 +56,7 @@ def generate(
     ),
 ) -> None:
     """Render images locally, without queue or database."""
-    from loopfree.errors import UserError
+    from core.errors import UserError
     from producer.prompts import JobDefaults, parse_prompt_file, parse_prompts
 
     settings = get_settings()
@@ -129,45 +129,6 @@ def worker(
     run_worker(settings, model, loglevel=loglevel)
 
 
-def run(
-    file: Annotated[Path, typer.Argument(help="Prompt file: .txt, .jsonl or .csv.")],
-    model: Annotated[str | None, typer.Option(help="Hub id or local pipeline folder.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the first job.")] = None,
-    tiny: Annotated[
-        bool, typer.Option(help="Use (and build if needed) a tiny random-weight model.")
-    ] = False,
-) -> None:
-    """Submit FILE, render it with a worker in this process, wait, and print where images are."""
-    from producer.prompts import JobDefaults
-    from producer.status import wait_for
-    from producer.submit import submit_file
-    from worker.service import embedded_worker
-
-    settings = get_settings()
-    settings.ensure_home()
-    if tiny:
-        model = str(_tiny_model(settings.home_dir / "models" / "tiny"))
-    model = model or settings.model
-    from storage.migrate import upgrade
-
-    upgrade(settings.resolved_database_url)
-    with embedded_worker(settings, model):
-        report = submit_file(settings, file, JobDefaults(model=model, seed_base=seed))
-        typer.echo(f"submission {report.submission_id}: {report.jobs} jobs")
-        ok = wait_for(settings, report.submission_id)
-    typer.echo(f"images: {settings.resolved_storage_url}/{report.submission_id}/")
-    typer.echo(f"list them: loopfree jobs --submission {report.submission_id}")
-    raise typer.Exit(0 if ok else 1)
-
-
-def _tiny_model(folder: Path) -> Path:
-    if not (folder / "model_index.json").exists():
-        from worker.tiny import make_model
-
-        make_model(folder, shape="tiny")
-    return folder
-
-
 def make_tiny(
     folder: Annotated[Path, typer.Argument(help="Where to write the pipeline folder.")],
     shape: Annotated[Shape, typer.Option(help="tiny, small or sd15.")] = Shape.tiny,
@@ -190,6 +151,5 @@ def _with_overrides(**overrides):
 def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.command()(worker)
-    app.command()(run)
     model_app.command("make-tiny")(make_tiny)
     app.add_typer(model_app, name="model")

@@ -1,0 +1,1 @@
+"""The ``loopfree`` subcommands, one module per stage they drive. Each has ``register(app)``."""
