@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _queue_services import delete_queue_keys, load_average, queue_length
+from _machine import load_average
+from _queue_services import queue_length
 
 import producer.submit
 import storage.db
@@ -30,22 +31,23 @@ from core.settings import Settings
 from producer.prompts import JobDefaults
 from producer.submit import submit_file
 from taskqueue.app import make_celery, publish_with_celery, queue_name
+from tests.harness import delete_queue_keys
 
 # What each gap between two wrapped calls is, in submit_file's order.
 GAPS = {
-    ("default_key", "make_engine"): "build NewJob rows (resolve each job's size)",
+    ("default_key", "_as_stored"): "import storage and the queue (submit_file's first call)",
     ("insert_jobs", "publish_jobs"): "commit the insert transaction, list the messages",
 }
 WRAPPED = (
     (producer.submit, "parse_prompt_file"),
     (producer.submit, "default_key"),
+    (producer.submit, "_as_stored"),  # the rows as stored: canonical model, resolved size
     (producer.submit, "canonical_model"),
     (storage.db, "make_engine"),
     (taskqueue.app, "make_celery"),
     (producer.submit, "_check_broker"),
     (storage.submissions, "create_submission"),
     (storage.submissions, "insert_jobs"),
-    (producer.submit, "_queued_jobs"),
     (taskqueue.app, "publish_jobs"),
 )
 
@@ -125,7 +127,7 @@ def stage_table(spans: list[Span], started: float, finished: float) -> list[dict
     rows = []
     at = started
     previous = "start"
-    # canonical_model runs inside the "build NewJob rows" gap: shown as a part of it, not a stage.
+    # canonical_model runs inside _as_stored (and before parsing): a part, not a stage of its own.
     outer = [span for span in spans if span.name != "canonical_model"]
     for span in sorted(outer, key=lambda s: s.start):
         gap = span.start - at

@@ -18,7 +18,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from _queue_services import load_average
+from _machine import load_average
 
 import taskqueue.app
 from core.settings import Settings

@@ -50,20 +50,13 @@ for path in (str(BENCH.parent), str(BENCH)):  # run as a script from anywhere
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from _machine import load_average  # noqa: E402
 from _queue_services import (  # noqa: E402
     BATCHING_WHATIFS,
-    PG_ADMIN_URL,
     REDIS_URL,
-    Services,
-    WorkerProcess,
-    delete_queue_keys,
-    fresh_database,
-    load_average,
     machine_info,
     make_bench_model,
     moto_s3,
-    new_bucket,
-    settings_for,
     worker_env,
 )
 from _queue_submit import SubmitResult, run_submit  # noqa: E402
@@ -76,6 +69,16 @@ from _queue_worker import (  # noqa: E402
     run_stream,
     submit_burst,
     wait_done,
+)
+
+from tests.harness import (  # noqa: E402
+    PG_ADMIN_URL,
+    Services,
+    WorkerProcess,
+    delete_queue_keys,
+    new_bucket,
+    settings_from,
+    throwaway_database,
 )
 
 SUBMIT_TARGET = 10_000  # jobs/s, the target for 100,000 prompts
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     started = time.perf_counter()
     results: dict[str, Any] = {
-        "machine": machine_info(),
+        "machine": machine_info(args.redis_url, args.pg_admin_url),
         "args": vars(args),
         "torch_threads": torch.get_num_threads(),
     }
@@ -190,7 +193,7 @@ def bench_submit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from taskqueue.app import queue_name
 
     model = make_bench_model(workdir / "submit-model", "tiny")
-    with fresh_database(args.pg_admin_url) as database_url:
+    with throwaway_database(args.pg_admin_url, prefix="loopfree_bench") as database_url:
         settings = Settings(
             home=workdir / "submit-home",
             database_url=database_url,
@@ -243,9 +246,13 @@ def print_submit(submit: dict[str, Any]) -> None:
 def bench_models(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], dict]:
     out: dict[str, Any] = {}
     whatifs: dict[str, Any] = {}
-    with moto_s3() as endpoint, fresh_database(args.pg_admin_url) as database_url:
+    with (
+        moto_s3() as endpoint,
+        throwaway_database(args.pg_admin_url, prefix="loopfree_bench") as database_url,
+    ):
         for shape in args.models:
-            services = Services(database_url, args.redis_url, new_bucket(endpoint), endpoint)
+            bucket = new_bucket(endpoint, prefix="bench")
+            services = Services(database_url, args.redis_url, bucket, endpoint)
             out[shape] = bench_model(args, workdir, shape, services)
             print_model(shape, out[shape])
             if args.whatif_batching:
@@ -273,7 +280,7 @@ def bench_batching(
         services, model, workdir / f"home-{shape}-{index}",
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, torch_threads=args.torch_threads,
     )  # fmt: skip
-    settings = settings_for(env)
+    settings = settings_from(env)
     burst_id = submit_burst(settings, model, workdir, index * 1_000_000, args.burst[shape])
     worker = WorkerProcess(env, workdir / f"worker-{shape}-{index}.log", patch=patch)
     try:
@@ -281,7 +288,7 @@ def bench_batching(
         burst = read_run(settings, burst_id, args.max_batch)
     finally:
         worker.stop()
-        delete_queue_keys(services.redis_url, queue_name(str(model)))
+        delete_queue_keys(services.broker_url, queue_name(str(model)))
         if args.keep_logs:
             shutil.copy(worker.log, Path(args.keep_logs) / worker.log.name)
     result = _run(burst)
@@ -308,7 +315,7 @@ def bench_model(
         services, model, workdir / f"home-{shape}",
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, torch_threads=args.torch_threads,
     )  # fmt: skip
-    settings = settings_for(env)
+    settings = settings_from(env)
     count = args.burst[shape]
     burst_id = submit_burst(settings, model, workdir, 0, count)
     worker = WorkerProcess(env, workdir / f"worker-{shape}.log")
@@ -339,7 +346,7 @@ def bench_model(
             stream.extra["rate"] = rate
     finally:
         exit_code = worker.stop()
-        deleted = delete_queue_keys(services.redis_url, queue_name(str(model)))
+        deleted = delete_queue_keys(services.broker_url, queue_name(str(model)))
         if args.keep_logs:
             Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
             shutil.copy(worker.log, Path(args.keep_logs) / worker.log.name)

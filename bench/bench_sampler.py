@@ -52,6 +52,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
@@ -192,7 +193,7 @@ def one_repeat(
         )
     final = outputs.get("tiue-parallel", next(iter(outputs.values())))
     seconds["vae"], seconds["vae:cpu"], images = timed(
-        device, lambda: sampler.decode_images(final), inner
+        device, lambda: sampler.decode_images(final).cpu(), inner  # device pixels since #13
     )
     return seconds, images, outputs
 
@@ -502,16 +503,8 @@ def fmt_seconds(seconds: dict[str, float]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model_name = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info = {
-        "cpu": model_name,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -4,7 +4,8 @@
     .venv/bin/python bench/bench_storage.py --only uploads  # one section
 
 Needs PostgreSQL at ``--pg-admin-url`` (it creates and drops its own databases) and the
-``moto_server`` command (moto[server]) for the S3 section. Prints a Markdown report.
+``moto_server`` command (moto[server]) for the S3 section; both come from ``tests/harness.py``.
+Prints a Markdown report.
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ import argparse
 import io
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,34 +30,29 @@ from sqlalchemy import Engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import cpu_model, postgres_version  # noqa: E402
+
+from core.jobspec import ParsedJob  # noqa: E402
 from migrations.runner import upgrade  # noqa: E402
 from storage.db import make_engine, session_scope  # noqa: E402
 from storage.models import JobStatus  # noqa: E402
 from storage.objects import ObjectStore, open_store  # noqa: E402
 from storage.queries import count_by_status  # noqa: E402
-from storage.submissions import NewJob, create_submission, insert_jobs  # noqa: E402
+from storage.submissions import create_submission, insert_jobs  # noqa: E402
 from storage.uploads import UploadPool  # noqa: E402
+from tests.harness import (  # noqa: E402
+    PG_ADMIN_URL,
+    MotoServer,
+    aws_test_env,
+    parsed_jobs,
+    swapped_environ,
+    throwaway_database,
+)
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def pg_database(admin_url: str) -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database, dropped afterwards."""
-    name = f"loopfree_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            url = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            url = f"{url}/{name}"
-            upgrade(url)
-            yield url
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -70,28 +63,26 @@ def sqlite_database() -> Iterator[str]:
         yield url
 
 
-def jobs(count: int) -> Iterator[NewJob]:
-    """Realistic rows: ~60-character prompts, small caller metadata on every other job."""
-    for position in range(count):
-        yield NewJob(
-            position=position,
-            line_number=position + 1,
-            prompt=f"a watercolour painting of a red fox in the snow, variation {position}",
-            seed=position * 7919,
-            height=512,
-            width=512,
-            steps=4,
-            model="senmaonk/loopfree-sd1.5",
-            metadata={"batch": "nightly", "row": position} if position % 2 else {},
-        )
+def jobs(count: int) -> list[ParsedJob]:
+    """Realistic rows: ~60-character prompts, small caller metadata on every other job. Built
+    before the clock starts: validating them is the parser's cost, not the insert's."""
+    return parsed_jobs(
+        count,
+        model="senmaonk/loopfree-sd1.5",
+        size=512,
+        prompt="a watercolour painting of a red fox in the snow, variation {position}",
+        seed_step=7919,
+        metadata=lambda position: {"batch": "nightly", "row": position} if position % 2 else {},
+    )
 
 
 def insert_rate(engine: Engine, count: int, *, skip_existing: bool) -> float:
     """Jobs per second for one submission of ``count`` jobs, committed."""
+    to_insert = jobs(count)
     started = time.perf_counter()
     with session_scope(engine) as session:
         ref = create_submission(session, source="bench.txt", defaults={}, job_count=count)
-        inserted = insert_jobs(session, ref.id, jobs(count), skip_existing=skip_existing)
+        inserted = insert_jobs(session, ref.id, to_insert, skip_existing=skip_existing)
     elapsed = time.perf_counter() - started
     assert inserted == count, (inserted, count)
     return count / elapsed
@@ -118,20 +109,22 @@ def bench_inserts(admin_url: str, count: int) -> list[str]:
         "| database | path | jobs/s (runs) |",
         "|---|---|---|",
     ]
-    with pg_database(admin_url) as url:
-        engine = make_engine(url)
-        paths = ((False, "COPY (new submission)"), (True, "COPY + staging + ON CONFLICT (resume)"))
-        for skip_existing, path in paths:
-            rates = [insert_rate(engine, count, skip_existing=skip_existing) for _ in range(3)]
-            lines.append(f"| PostgreSQL | {path} | {_rates(rates)} |")
-        engine.dispose()
-    with sqlite_database() as url:
-        engine = make_engine(url)
-        paths = ((False, "executemany INSERT"), (True, "executemany INSERT ON CONFLICT (resume)"))
-        for skip_existing, path in paths:
-            rates = [insert_rate(engine, count, skip_existing=skip_existing) for _ in range(2)]
-            lines.append(f"| SQLite (WAL) | {path} | {_rates(rates)} |")
-        engine.dispose()
+    # (database, how to get one, runs, what a new and a resumed submission's insert is there)
+    databases: list[tuple[str, Callable[[], AbstractContextManager[str]], int, tuple[str, str]]] = [
+        ("PostgreSQL", lambda: throwaway_database(admin_url, prefix="loopfree_bench"), 3,
+         ("COPY (new submission)", "COPY + staging + ON CONFLICT (resume)")),
+        ("SQLite (WAL)", sqlite_database, 2,
+         ("executemany INSERT", "executemany INSERT ON CONFLICT (resume)")),
+    ]  # fmt: skip
+    for name, database, runs, paths in databases:
+        with database() as url:
+            engine = make_engine(url)
+            for skip_existing, path in zip((False, True), paths, strict=True):
+                rates = [
+                    insert_rate(engine, count, skip_existing=skip_existing) for _ in range(runs)
+                ]
+                lines.append(f"| {name} | {path} | {_rates(rates)} |")
+            engine.dispose()
     return lines
 
 
@@ -210,7 +203,7 @@ def bench_counts(admin_url: str, rows: int) -> list[str]:
     ]
     some_submission = str(uuid.UUID(int=1))
     for name, database, fill in (
-        ("PostgreSQL", lambda: pg_database(admin_url), fill_pg),
+        ("PostgreSQL", lambda: throwaway_database(admin_url, prefix="loopfree_bench"), fill_pg),
         ("SQLite (WAL)", sqlite_database, fill_sqlite),
     ):
         with database() as url:
@@ -256,32 +249,6 @@ def make_pngs(count: int) -> list[bytes]:
     return images
 
 
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """A real ``moto_server`` subprocess on a free loopback port (not in this process's GIL)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    binary = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def upload_all(store: ObjectStore, pngs: list[bytes], count: int, pool: UploadPool | None) -> float:
     """Uploads per second for ``count`` uploads (keys unique per run)."""
     run = uuid.uuid4().hex[:8]
@@ -311,10 +278,12 @@ def bench_uploads(count: int) -> list[str]:
         "| mode | uploads/s | MB/s |",
         "|---|---|---|",
     ]
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
-    with moto_server() as endpoint:
-        store = open_store("s3://bench/outputs", endpoint_url=endpoint, region="us-east-1")
+    # A ``moto_server`` process of its own: serving S3 must not compete for this process's GIL.
+    with (
+        swapped_environ(aws_test_env("/nonexistent")),
+        MotoServer(own_process=True) as server,
+    ):
+        store = open_store("s3://bench/outputs", endpoint_url=server.url, region="us-east-1")
         store.ensure_bucket()
         upload_all(store, pngs, 8, None)  # warm the connection pool
         modes: list[tuple[str, UploadPool | None]] = [("serial (caller's thread)", None)]
@@ -327,22 +296,13 @@ def bench_uploads(count: int) -> list[str]:
     return lines
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine(admin_url: str) -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    with psycopg.connect(PG_ADMIN_URL) as connection:
-        pg = connection.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    pg = postgres_version(admin_url)
     import sqlite3
 
     return (
-        f"{os.cpu_count()} vCPUs ({cpu}), {memory:.0f} GiB RAM, {platform.system()} "
+        f"{os.cpu_count()} vCPUs ({cpu_model()}), {memory:.0f} GiB RAM, {platform.system()} "
         f"{platform.release()}; Python {platform.python_version()}, PostgreSQL {pg} (default "
         f"config, same machine), SQLite {sqlite3.sqlite_version}; load average before the run: "
         f"{os.getloadavg()[0]:.1f}"
@@ -358,7 +318,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["inserts", "counts", "uploads"])
     args = parser.parse_args()
 
-    report = ["## Storage", "", f"Machine: {machine()}.", ""]
+    report = ["## Storage", "", f"Machine: {machine(args.pg_admin_url)}.", ""]
     sections = {
         "inserts": lambda: bench_inserts(args.pg_admin_url, args.jobs),
         "counts": lambda: bench_counts(args.pg_admin_url, args.count_rows),

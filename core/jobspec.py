@@ -13,8 +13,9 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidJob
@@ -43,15 +44,36 @@ MAX_NUM_IMAGES = 64
 MAX_PROMPT_CHARS = 10_000
 # Metadata rides along in every job row and message; it is for tags and ids, not payloads.
 MAX_METADATA_BYTES = 16 * 1024
-# PATH_MAX on Linux; no hub id or real model folder is longer.
-MAX_MODEL_CHARS = 4096
-# Celery's Redis and RabbitMQ transports both order priorities 0..9, 9 first.
-PRIORITY_LEVELS: Mapping[str, int] = {"high": 9, "normal": 5, "low": 0}
+# The width of ``jobs.model``: a model is stored as written (hub id) or as its resolved absolute
+# path (local folder), and either must fit, or PostgreSQL refuses the whole submission.
+MAX_MODEL_CHARS = 255
+# The hub's own limit on an ``owner/name`` id (huggingface_hub's validate_repo_id).
+MAX_HUB_ID_CHARS = 96
+# Celery's Redis and RabbitMQ transports both order priorities 0..9, 9 first; job priorities use
+# the same range (``taskqueue.app.broker_priority`` maps them onto the Redis transport's order).
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
+# The names a prompt file or the CLI may use, highest first (the order messages list them in).
+PRIORITY_LEVELS: Mapping[str, int] = MappingProxyType(
+    {"high": MAX_PRIORITY, "normal": 5, "low": MIN_PRIORITY}
+)
+DEFAULT_PRIORITY_NAME = "normal"
+DEFAULT_PRIORITY = PRIORITY_LEVELS[DEFAULT_PRIORITY_NAME]
 MODEL_ROOTS_SETTING = "LOOPFREE_MODEL_ROOTS"
+# How an image is stored. PNG is lossless and the default; WebP and JPEG are a tenth of the bytes
+# and (JPEG) a tenth of the CPU, for callers that accept a lossy image. ``jpg`` is read as jpeg.
+IMAGE_FORMATS: tuple[str, ...] = ("png", "webp", "jpeg")
+DEFAULT_IMAGE_FORMAT = "png"
+_FORMAT_ALIASES: Mapping[str, str] = MappingProxyType({"jpg": "jpeg"})
+# The lossy encoders' quality scale (Pillow's); below 1 or above 100 means nothing to them.
+MIN_QUALITY, MAX_QUALITY = 1, 100
 
 # fullmatch with ASCII: `\w` would otherwise admit any Unicode letter and `$` a trailing newline.
-HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
+# The hub's rules: each part starts and ends with a letter, digit or _, and has no "--" or "..".
+_HUB_OWNER = r"[A-Za-z0-9](?:[\w.-]*\w)?"
+_HUB_NAME = r"\w(?:[\w.-]*\w)?"
+HUB_ID_PATTERN = re.compile(rf"{_HUB_OWNER}/{_HUB_NAME}", re.ASCII)
+# Written like owner/name, whether or not the hub would accept it: worth a specific error.
+_HUB_ID_SHAPE = re.compile(r"[^/\s]+/[^/\s]+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _PATH_PREFIXES = ("/", "./", "../", "~")
 # One encoder for all jobs: json.dumps with options builds a new one per call.
@@ -76,8 +98,11 @@ class JobSpec:
     width: int | None = None
     steps: int = DEFAULT_STEPS
     # A name (high, normal, low) is accepted and stored as its number.
-    priority: int = PRIORITY_LEVELS["normal"]
+    priority: int = DEFAULT_PRIORITY
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+    # png, webp or jpeg; the quality (1..100) of a lossy format, None for its default.
+    image_format: str = DEFAULT_IMAGE_FORMAT
+    image_quality: int | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -97,6 +122,11 @@ class JobSpec:
                 continue
             if checked is not value:
                 object.__setattr__(self, name, checked)  # a stripped prompt, a priority number
+        if self.image_quality is not None and self.image_format == "png":
+            problems.append(
+                "image_quality applies to webp and jpeg only (png is lossless); drop it or "
+                "choose a lossy image_format"
+            )
         if problems:
             raise InvalidJob(" | ".join(problems))
 
@@ -117,10 +147,23 @@ class JobSpec:
         )
 
 
-FIELD_NAMES = ("prompt", "seed", "model", "height", "width", "steps", "priority", "metadata")
+# In declaration order; storage keeps each field in the ``jobs`` column of the same name.
+FIELD_NAMES: tuple[str, ...] = tuple(spec_field.name for spec_field in fields(JobSpec))
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedJob:
+    """One validated job and its place in its submission: what a prompt file line becomes, and
+    what ``storage.submissions.insert_jobs`` stores as one row."""
+
+    spec: JobSpec
+    line_number: int  # the physical line; for CSV the line where the record starts
+    position: int  # 0-based index among the jobs of the submission
+
+
 _REQUIRED = ("prompt", "seed", "model")
 _REQUIRED_SET = frozenset(_REQUIRED)
-_OPTIONAL = frozenset({"height", "width"})
+_OPTIONAL = frozenset({"height", "width", "image_quality"})
 
 
 def validate_job(data: Mapping[str, Any]) -> JobSpec:
@@ -199,10 +242,7 @@ def check_model(model: str, name: str = "model") -> str:
     """``model`` if it is written as a hub id or a local path; the file system is not consulted."""
     _check_model_text(model)
     if not (_looks_like_path(model) or is_hub_id(model)):
-        raise InvalidJob(
-            f"model {model!r} is neither a hub id like owner/name nor a local path; "
-            "write a hub id, or start a local folder with ./ or /"
-        )
+        raise _not_a_model(model)
     return model
 
 
@@ -260,10 +300,48 @@ def check_metadata(metadata: dict[str, Any], name: str = "metadata") -> dict[str
     return metadata
 
 
+def check_image_format(image_format: str, name: str = "image_format") -> str:
+    """The format's canonical name (lower case, ``jpg`` -> ``jpeg``), or InvalidJob."""
+    canonical = image_format.strip().lower()
+    canonical = _FORMAT_ALIASES.get(canonical, canonical)
+    if canonical not in IMAGE_FORMATS:
+        raise InvalidJob(f"{name} {image_format[:40]!r} is unknown; use {', '.join(IMAGE_FORMATS)}")
+    return image_format if canonical == image_format else canonical  # same object: no copy
+
+
+def check_image_quality(quality: int, name: str = "image_quality") -> int:
+    if not MIN_QUALITY <= quality <= MAX_QUALITY:
+        raise InvalidJob(
+            f"{name} {_short(quality)} is out of range; use {MIN_QUALITY} to {MAX_QUALITY} "
+            "(90 is visually lossless for photos)"
+        )
+    return quality
+
+
 def is_hub_id(model: str) -> bool:
-    """Whether ``model`` is written like a Hugging Face hub id, ``owner/name``."""
-    # The hub itself refuses "..", which could also climb out of the local cache folder.
-    return HUB_ID_PATTERN.fullmatch(model) is not None and ".." not in model
+    """Whether ``model`` is a Hugging Face hub id, ``owner/name``, by the hub's own rules."""
+    # ".." could also climb out of the local cache folder; "--" is the cache's own separator.
+    return (
+        len(model) <= MAX_HUB_ID_CHARS
+        and HUB_ID_PATTERN.fullmatch(model) is not None
+        and ".." not in model
+        and "--" not in model
+        and not model.endswith(".git")
+    )
+
+
+def _not_a_model(model: str) -> InvalidJob:
+    if _HUB_ID_SHAPE.fullmatch(model):
+        return InvalidJob(
+            f"model {_cut(model)!r} is not a valid hub id: owner and name start and end with a "
+            'letter, digit or _, contain only those and "-" or ".", never "--" or "..", and '
+            f"together are at most {MAX_HUB_ID_CHARS} characters; for a local folder start the "
+            "path with ./ or /"
+        )
+    return InvalidJob(
+        f"model {_cut(model)!r} is neither a hub id like owner/name nor a local path; write a "
+        "hub id, or start a local folder with ./ or /"
+    )
 
 
 def check_model_reference(model: str, allowed_roots: Sequence[Path]) -> str:
@@ -289,13 +367,15 @@ def check_model_reference(model: str, allowed_roots: Sequence[Path]) -> str:
                 f"({', '.join(str(root) for root in roots)}); move the model under one of them "
                 f"or add its folder to {MODEL_ROOTS_SETTING}"
             )
+        if len(str(resolved)) > MAX_MODEL_CHARS:
+            raise InvalidJob(
+                f"model path {_cut(model)!r} resolves to a path of {len(str(resolved))} "
+                f"characters; the limit is {MAX_MODEL_CHARS}, so move the model to a shorter path"
+            )
         return str(resolved)
     if is_hub_id(model):
         return model
-    raise InvalidJob(
-        f"model {model!r} is neither a hub id like owner/name nor a local path; write a hub id, "
-        "or start a local folder with ./ or /"
-    )
+    raise _not_a_model(model)
 
 
 def explain_validation_error(exc: ValidationError) -> str:
@@ -379,8 +459,12 @@ _CHECKS: tuple[tuple[str, type, Callable[[Any, str], Any]], ...] = (
     ("steps", int, check_steps),
     ("priority", int, check_priority),
     ("metadata", dict, check_metadata),
+    ("image_format", str, check_image_format),
+    ("image_quality", int, check_image_quality),
 )
 _FIELD_SET = frozenset(FIELD_NAMES)
+# A JobSpec field without an entry in _CHECKS would be stored unvalidated.
+assert {name for name, _, _ in _CHECKS} == _FIELD_SET, "every JobSpec field needs a check"
 
 
 def _cut(text: str) -> str:

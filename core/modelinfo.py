@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.errors import ModelNotFound
+
 # Native sizes of the published Loopfree models, for producers that have neither the weights nor
 # the hub in reach. Anything else is read from the model's own configs.
 KNOWN_NATIVE_SIZES = {
@@ -19,14 +21,29 @@ def _read_config(model: str, relative: str) -> dict | None:
     if path.is_dir():
         file = path / relative
         return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    check_hub_id(model)
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    cached = try_to_load_from_cache(model, relative)
+    try:
+        cached = try_to_load_from_cache(model, relative)
+    except ValueError as error:  # HFValidationError: not a repo id the hub could have
+        raise ModelNotFound(f"model {model!r} is not a valid hub id: {error}") from None
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text(encoding="utf-8"))
     return None
+
+
+def check_hub_id(model: str) -> None:
+    """A one-line error for a name that is neither an existing folder nor a hub id (owner/name):
+    a mistyped local path, most often. The worker applies the same rule when it loads a model."""
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1:
+        raise ModelNotFound(
+            f"model {model!r} is neither a local folder nor a hub id (owner/name); check the path "
+            "(it must be a diffusers folder with model_index.json) or the hub id"
+        )
 
 
 def native_size(model: str) -> int:
@@ -43,4 +60,12 @@ def canonical_model(model: str) -> str:
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve())
+    return model
+
+
+def public_model_name(model: str) -> str:
+    """The model's name as it may leave the server (PNG text, webhooks): a hub id as it is, a
+    local folder by its own name only; the folder's absolute path is the server's business."""
+    if model.startswith(("/", "~", ".")) or "\\" in model:
+        return Path(model).name or model
     return model

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.webhooks import WebhookPolicy
+
 DEFAULT_MODEL = "senmaonk/loopfree-sd1.5"
 
 
@@ -48,7 +50,24 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    compile: bool = Field(default=False, description="torch.compile the UNet halves (GPU).")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the UNet halves' blocks and the VAE decoder (GPU).",
+    )
+    # Channels-last convolutions are what tensor cores want; on a CPU they are no faster, and the
+    # default (None) turns them on for CUDA only.
+    channels_last: bool | None = Field(
+        default=None, description="Channels-last memory format; unset: on for CUDA only."
+    )
+    # The tiny VAE (TAESD) decodes many times faster but is an approximation: its images are not the
+    # model's reference images, and every image and log line it makes says so.
+    vae: Literal["full", "tiny"] = Field(
+        default="full", description="VAE decoder: the model's own (full) or TAESD (tiny)."
+    )
+    tiny_vae: str = Field(
+        default="madebyollin/taesd",
+        description="Hub id or local folder of the AutoencoderTiny that LOOPFREE_VAE=tiny loads.",
+    )
 
     # A batch of 16 at 512 px and 4 steps decodes 64 UNet-decoder samples at once: about what one
     # 24 GB card holds in fp16 with headroom, and enough to keep an H100 busy.
@@ -58,19 +77,81 @@ class Settings(BaseSettings):
     decoder_chunk: int | None = Field(
         default=None, ge=1, description="Timesteps per decoder call; None runs all in parallel."
     )
+    # Memory, not job count, is what limits a sampler call: the decoder runs batch x timesteps
+    # samples of (h/8) x (w/8) latents at once. Unset: the measured row for the model and GPU in
+    # worker.budget, else 16 x 4 x 64 x 64 (max_batch 16 at 512 px, 4 steps). Raise it on a card
+    # with memory to spare, lower it when a batch runs out of memory.
+    batch_budget: int | None = Field(
+        default=None, ge=1, description="Latent pixels x decoder samples per sampler call."
+    )
+    # The VAE decodes full-size images, its activations the largest of a call: this many image
+    # pixels per decode call (default 16 x 512 x 512: a default batch at 512 px in one call).
+    vae_budget: int | None = Field(
+        default=None, ge=1, description="Image pixels per VAE decode call."
+    )
     upload_workers: int = Field(default=8, ge=1, le=128)
+    # JPEG jobs encoded by nvJPEG (torchvision) on a CUDA worker: the host then does almost nothing
+    # per image. Off by default: torchvision is optional, and without it (or CUDA) the worker logs
+    # once and encodes on the CPU, which costs ~1-2 ms per 512 px JPEG anyway.
+    gpu_jpeg: bool = Field(default=False, description="Encode JPEG jobs on the GPU (CUDA).")
     # Must exceed the longest batch (wait + sampling + upload), or the broker redelivers jobs that
     # a worker is still working on; the worker refuses to start otherwise.
     visibility_timeout_s: int = Field(default=3600, ge=10)
     max_attempts: int = Field(default=3, ge=1, le=20)
-    heartbeat_s: float = Field(default=15.0, gt=0)
-    stuck_after_s: float = Field(default=300.0, gt=0)
+    # A worker refreshes its held jobs' heartbeats this often; stuck_after_s is three beats, so
+    # one slow or missed beat never hands a live worker's jobs to another.
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    # A running job whose heartbeat is older than this belongs to a dead or stalled worker and is
+    # taken back. Together with reconcile_interval_s it bounds recovery after a SIGKILL: the dead
+    # worker's jobs sample again within stuck_after_s + reconcile_interval_s + a batch (~45 s).
+    # It also ages a delivered-but-unacknowledged message of a queued job into "lost".
+    stuck_after_s: float = Field(default=30.0, gt=0)
+    # Live workers reconcile on their own this often (one at a time, under a broker lock): take
+    # back stale running jobs, publish queued jobs whose message is gone. 0 turns it off (the
+    # `loopfree requeue --stuck` CronJob is then the only reconciler).
+    reconcile_interval_s: float = Field(default=10.0, ge=0)
     # How long a worker keeps retrying an unreachable database (claims, and results of images
     # already rendered and stored) before its delivery gives up and the jobs are sent again. Longer
     # rides out longer outages without redoing GPU work; but the worker's heartbeats fail too, so
     # past stuck_after_s its jobs may be taken over, and its late results are then refused.
     db_retry_s: float = Field(default=300.0, gt=0)
+    # While the object store or database is unreachable a worker pauses (worker.outage) and probes
+    # it with jittered exponential backoff up to this many seconds apart: a worker resumes within
+    # this long of the outage's end, and a fleet of 100 paused workers sends ~3 probes a second.
+    outage_probe_max_s: float = Field(default=30.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # SQLite (the embedded default) is always created/migrated by the command that opens it; a
+    # shared PostgreSQL database changes only by `loopfree db upgrade`, unless this is set.
+    auto_migrate: bool = Field(
+        default=False, description="Let every command migrate a PostgreSQL database to head."
+    )
+    # `loopfree ui` serves prompts and images: on loopback it may run open, but bound to any other
+    # address it refuses to start without a token, and with one set every request must carry it.
+    ui_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the web view (required off loopback)."
+    )
+    # Webhooks are POSTed from inside the fleet to URLs that submitters choose: hosts that resolve
+    # to loopback, private, link-local or metadata addresses are refused (server-side request
+    # forgery) unless listed here (core.webhooks). Comma-separated names, addresses or CIDRs.
+    webhook_allow: str = Field(
+        default="", description="Non-public webhook hosts allowed anyway: names, IPs, CIDRs."
+    )
+    # Signs every webhook POST (X-Loopfree-Signature, HMAC-SHA256) so receivers can tell our
+    # POSTs from forgeries. Unset: POSTs go out unsigned and each worker logs a warning once.
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key of the webhook signature."
+    )
+    # One attempt (connect, send, the response's status and headers) ends after this many seconds
+    # whatever the receiver does, so a receiver that trickles bytes holds a sender thread no longer.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # A failed delivery is retried with backoff (10 s doubling, capped at 10 min) until this long
+    # after the submission finished; the first attempt that fails after that gives up.
+    webhook_retry_s: float = Field(default=3600.0, ge=0)
+
+    @property
+    def webhook_policy(self) -> WebhookPolicy:
+        """``webhook_allow`` parsed; a malformed CIDR is a ``UserError`` naming it."""
+        return WebhookPolicy.parse(self.webhook_allow)
 
     @property
     def home_dir(self) -> Path:
@@ -113,7 +194,13 @@ def get_settings() -> Settings:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password in a URL so it can be printed: ``redis://:***@host:6379/0``."""
+    """Hide the password in a URL so it can be printed: ``redis://:***@host:6379/0``.
+
+    Without a scheme (``user:secret@host/db``, a common slip) nothing parses as a password, so
+    everything before the last ``@`` is hidden instead.
+    """
+    if "://" not in url:
+        return "***@" + url.rpartition("@")[2] if "@" in url else url
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -20,6 +20,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY constraints/lock.txt ./constraints/lock.txt
 COPY core ./core
 COPY storage ./storage
 COPY migrations ./migrations
@@ -31,8 +32,9 @@ COPY fleet ./fleet
 COPY loopfree ./loopfree
 
 # The plain install is the producer: torch belongs to the [worker] extra. The check fails the
-# build if a base dependency drags torch in, instead of shipping a 3 GB "CLI" image.
-RUN pip install --no-cache-dir /src \
+# build if a base dependency drags torch in, instead of shipping a 3 GB "CLI" image. Every
+# dependency at the version CI tested (constraints/lock.txt).
+RUN pip install --no-cache-dir -c /src/constraints/lock.txt /src \
  && if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"; then \
       echo "torch got into the CLI image: keep it out of pyproject's base dependencies ([worker] extra)" >&2; \
       exit 1; \

@@ -55,6 +55,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_IN
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY constraints/lock.txt ./constraints/lock.txt
 COPY core ./core
 COPY storage ./storage
 COPY migrations ./migrations
@@ -65,10 +66,12 @@ COPY status ./status
 COPY fleet ./fleet
 COPY loopfree ./loopfree
 
-# The project by absolute path (what hadolint recognises as local, not an unpinned PyPI name).
-# Naming torch again pins it: if a dependency wanted another torch, pip fails here instead of
-# silently replacing the CUDA build. The check after it fails the build on a CPU-only torch.
-RUN pip install --no-cache-dir "/src[worker]" "torch==${TORCH_VERSION}" \
+# The project by absolute path (what hadolint recognises as local, not an unpinned PyPI name),
+# every dependency at the version CI tested (constraints/lock.txt: torch's own dependencies, from
+# the CUDA index above, move to those versions too; the lock leaves torch and the CUDA packages
+# alone). Naming torch again pins it: if a dependency wanted another torch, pip fails here
+# instead of silently replacing the CUDA build. The check after it fails on a CPU-only torch.
+RUN pip install --no-cache-dir -c /src/constraints/lock.txt "/src[worker]" "torch==${TORCH_VERSION}" \
  && python -c "import sys, torch; sys.exit(torch.version.cuda is None)"
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from storage.fleet_reads import BatchSpan  # what the database reads; defined beside the query
+
 _ROUNDING_SLACK = 1e-9
 """Subtracted before ``ceil``: 1200 jobs at 4/s x 300 s is exactly one worker, even when the
 floating-point product comes out as 1.0000000000000002."""
@@ -154,16 +156,6 @@ def recommend_workers(
 
 def _ceil(workers: float) -> int:
     return math.ceil(workers - _ROUNDING_SLACK)
-
-
-@dataclass(frozen=True)
-class BatchSpan:
-    """One batch of one worker: claimed at ``start``, its last result recorded at ``end``."""
-
-    worker: str
-    start: datetime
-    end: datetime
-    jobs: int
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ in a fraction of a second. Worker commands import the model stack only when they
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -18,13 +19,53 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: `--wait / --no-wait ... [default: no-wait]` rather than rich's table, whose type
+    # column labels every flag `<bool>`; defaults are shown for every option that has one.
+    rich_markup_mode=None,
 )
 
 
-def _register() -> None:
-    from loopfree.commands import db, fleet, run, status, submit, worker
+# Commands that never open the database, or (db) change its schema only when asked to.
+_NO_SCHEMA_CHECK = {"db", "generate", "model"}
 
-    for commands in (worker, run, submit, status, fleet, db):
+
+def _version(value: bool) -> None:
+    if value:
+        from loopfree import __version__
+
+        typer.echo(f"loopfree {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Queue-driven text-to-image generation with Loopfree (TiUE) models."""
+    # The embedded default needs no setup step: on SQLite (or with LOOPFREE_AUTO_MIGRATE) the
+    # schema is created or migrated before the command runs. Help needs no database.
+    if ctx.invoked_subcommand in _NO_SCHEMA_CHECK or _asks_for_help():
+        return
+    from core.settings import get_settings
+    from migrations.auto import ensure_schema
+
+    ensure_schema(get_settings())
+
+
+def _asks_for_help() -> bool:
+    return any(arg in ("--help", "-h") for arg in sys.argv[1:])
+
+
+def _register() -> None:
+    from loopfree.commands import db, fleet, fleetview, run, status, submit, ui, worker
+
+    for commands in (worker, run, submit, status, fleetview, ui, fleet, db):
         commands.register(app)
 
 

@@ -6,8 +6,9 @@ validator the worker runs again. Lines are split on ``\\n`` and decoded one at a
 UTF-8 is reported at its line; the file is streamed, never held whole.
 
 JSONL and CSV lines may set ``prompt``, ``seed``, ``height``, ``width``, ``steps``,
-``num_images``, ``model``, ``priority`` and ``metadata``; anything unset (a missing key, a JSON
-null, an empty CSV cell) comes from ``JobDefaults``. Line metadata is merged over the default.
+``num_images``, ``model``, ``priority``, ``metadata``, ``image_format`` and ``image_quality``;
+anything unset (a missing key, a JSON null, an empty CSV cell) comes from ``JobDefaults``. Line
+metadata is merged over the default.
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ from typing import IO, Any
 
 from core.errors import InvalidJob, UserError
 from core.jobspec import (
+    DEFAULT_IMAGE_FORMAT,
+    DEFAULT_PRIORITY_NAME,
     DEFAULT_STEPS,
+    FIELD_NAMES,
     MAX_NUM_IMAGES,
     MAX_SEED,
     JobSpec,
+    ParsedJob,
     check_model_reference,
     validate_job,
 )
 
 SUPPORTED_FORMATS = ("txt", "jsonl", "csv")
-LINE_FIELDS = (
-    "prompt", "seed", "height", "width", "steps", "num_images", "model", "priority", "metadata",
-)  # fmt: skip
+# A line sets a job's fields, and may ask for several images of it.
+LINE_FIELDS = (*FIELD_NAMES, "num_images")
 # A million JSONL prompts take about 100 MB; far bigger files are mistakes (a dataset, a binary).
 MAX_FILE_BYTES = 200 * 1024 * 1024
 # Every job is held in memory (about 0.5 KB with a short prompt) until all lines are validated, so
@@ -51,7 +55,7 @@ LISTED_ERRORS = 20
 KEPT_ERRORS = 10_000
 
 _FIELD_SET = frozenset(LINE_FIELDS)
-_CSV_INT_FIELDS = frozenset({"seed", "height", "width", "steps", "num_images"})
+_CSV_INT_FIELDS = frozenset({"seed", "height", "width", "steps", "num_images", "image_quality"})
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # Stands in for a model that was already reported, so the other fields are still checked.
@@ -71,9 +75,11 @@ class JobDefaults:
     height: int | None = None
     width: int | None = None
     steps: int = DEFAULT_STEPS
-    priority: str | int = "normal"
+    priority: str | int = DEFAULT_PRIORITY_NAME
     num_images: int = 1
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    image_format: str = DEFAULT_IMAGE_FORMAT
+    image_quality: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +91,6 @@ class LineError:
 
     def __str__(self) -> str:
         return f"line {self.line_number}: {self.reason}"
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedJob:
-    """One validated job and where it came from."""
-
-    spec: JobSpec
-    line_number: int  # the physical line; for CSV the line where the record starts
-    position: int  # 0-based index among the jobs of this parse
 
 
 @dataclass(frozen=True)
@@ -235,6 +232,7 @@ class _Collector:
             "model": defaults.model, "height": defaults.height, "width": defaults.width,
             "steps": defaults.steps, "priority": defaults.priority,
             "num_images": defaults.num_images, "metadata": dict(defaults.metadata),
+            "image_format": defaults.image_format, "image_quality": defaults.image_quality,
         }  # fmt: skip
         seed_base = defaults.seed_base
         try:
@@ -325,7 +323,7 @@ class _Collector:
 
     def _random_seed(self) -> int:
         # Recorded in the job, so a random image can still be reproduced.
-        return self._rng.getrandbits(63)  # 0..MAX_SEED
+        return self._rng.getrandbits(MAX_SEED.bit_length())  # 0..MAX_SEED
 
     def _model(self, model: str) -> str:
         """check_model_reference, once per distinct model (it may touch the file system)."""

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.jobspec import DEFAULT_IMAGE_FORMAT, ParsedJob
 from core.modelinfo import canonical_model, native_size
 from core.settings import Settings
 from producer.prompts import JobDefaults, ParseResult, parse_prompt_file
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 @dataclass(frozen=True)
@@ -49,43 +54,32 @@ def submit_file(
     skip_invalid: bool = False,
     key: str | None = None,
     webhook_url: str | None = None,
+    format: str | None = None,
+    check: Callable[[list[ParsedJob]], None] | None = None,
 ) -> SubmitReport:
-    """Parse, record and publish ``path``; raises ``PromptFileError`` before touching anything."""
-    defaults = _with_canonical_model(defaults)
-    parsed = parse_prompt_file(
-        path, defaults=defaults, skip_invalid=skip_invalid, model_roots=settings.model_roots
+    """Parse, record and publish ``path``; raises ``PromptFileError`` before touching anything.
+
+    ``format`` (txt, jsonl, csv) overrides the file's extension; ``check`` sees the validated jobs
+    before anything is written and may refuse them by raising (``--require-worker``).
+    ``webhook_url`` must pass ``core.webhooks.check_webhook_url`` (http(s), a public address
+    unless ``LOOPFREE_WEBHOOK_ALLOW`` lists the host): ``WebhookRefused`` says why not."""
+    if webhook_url is not None:
+        from core.webhooks import check_webhook_url
+
+        check_webhook_url(webhook_url, settings.webhook_policy)
+    parsed, new_jobs = plan_file(
+        settings, path, defaults, skip_invalid=skip_invalid, format=format
     )
+    defaults = _with_canonical_model(defaults)
+    if check is not None:
+        check(new_jobs)
     if key is None:
         key = default_key(path, defaults)
     # Imported here so `loopfree --help` and argument errors stay instant.
     from storage.db import make_engine, session_scope
-    from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
+    from storage.queries import queued_job_keys
+    from storage.submissions import create_submission, insert_jobs, job_id_for
     from taskqueue.app import make_celery, publish_jobs
-
-    # Per distinct model, not per job: both touch the filesystem (9 s of 186 s for 100k jobs).
-    models: dict[str, tuple[str, int]] = {}
-    new_jobs = []
-    for parsed_job in parsed.jobs:
-        spec = parsed_job.spec
-        if spec.model not in models:
-            canonical = canonical_model(spec.model)
-            models[spec.model] = (canonical, native_size(canonical))
-        model, size = models[spec.model]
-        spec = spec.resolve_size(size, size)
-        new_jobs.append(
-            NewJob(
-                position=parsed_job.position,
-                line_number=parsed_job.line_number,
-                prompt=spec.prompt,
-                seed=spec.seed,
-                height=spec.height,
-                width=spec.width,
-                steps=spec.steps,
-                model=model,
-                priority=spec.priority,
-                metadata=spec.metadata,
-            )
-        )
 
     engine = make_engine(settings.resolved_database_url)
     app = make_celery(settings)
@@ -100,37 +94,75 @@ def submit_file(
             idempotency_key=key,
             webhook_url=webhook_url,
         )
-        before = 0 if ref.created else _count_jobs(session, ref.id)
         # A new submission takes the COPY fast path; a resumed one skips positions it has.
-        insert_jobs(session, ref.id, new_jobs, skip_existing=not ref.created)
+        inserted = insert_jobs(session, ref.id, new_jobs, skip_existing=not ref.created)
     if ref.created:
         # Every job of a new submission is queued and its id follows from its position.
         to_publish = [
-            (job_id_for(ref.id, job.position), job.model, job.priority) for job in new_jobs
+            (job_id_for(ref.id, job.position), job.spec.model, job.spec.priority)
+            for job in new_jobs
         ]
     else:
         with session_scope(engine) as session:
-            to_publish = _queued_jobs(session, ref.id)
+            to_publish = queued_job_keys(session, submission_id=ref.id)
     published = publish_jobs(app, to_publish)
     return SubmitReport(
         submission_id=ref.id,
         created=ref.created,
         jobs=len(new_jobs),
-        inserted=len(new_jobs) - before,
+        inserted=inserted,
         published=published,
         skipped_lines=parsed.skipped_count,
         parse=parsed,
     )
 
 
-def _with_canonical_model(defaults: JobDefaults) -> JobDefaults:
-    from dataclasses import replace
+def plan_file(
+    settings: Settings,
+    path: Path,
+    defaults: JobDefaults,
+    *,
+    skip_invalid: bool = False,
+    format: str | None = None,
+) -> tuple[ParseResult, list[ParsedJob]]:
+    """Validate ``path`` and return its jobs as they would be stored, touching nothing:
+    ``submit --dry-run``, and the first step of ``submit_file``."""
+    defaults = _with_canonical_model(defaults)
+    parsed = parse_prompt_file(
+        path,
+        defaults=defaults,
+        skip_invalid=skip_invalid,
+        model_roots=settings.model_roots,
+        format=format,
+    )
+    return parsed, _as_stored(parsed.jobs)
 
+
+def _as_stored(jobs: tuple[ParsedJob, ...]) -> list[ParsedJob]:
+    """The jobs as the table keeps them: the model's canonical name (the one its queue and its
+    workers use) and a concrete size (the model's native one where a line set none)."""
+    # Per distinct model, not per job: both touch the filesystem (9 s of 186 s for 100k jobs).
+    models: dict[str, tuple[str, int]] = {}
+    stored = []
+    for job in jobs:
+        spec = job.spec
+        if spec.model not in models:
+            canonical = canonical_model(spec.model)
+            models[spec.model] = (canonical, native_size(canonical))
+        model, size = models[spec.model]
+        if model != spec.model:
+            spec = replace(spec, model=model)
+        spec = spec.resolve_size(size, size)
+        stored.append(job if spec is job.spec else ParsedJob(spec, job.line_number, job.position))
+    return stored
+
+
+def _with_canonical_model(defaults: JobDefaults) -> JobDefaults:
     return replace(defaults, model=canonical_model(defaults.model))
 
 
 def _defaults_record(defaults: JobDefaults) -> dict[str, Any]:
-    return {
+    record = {
         "model": defaults.model,
         "seed": defaults.seed_base,
         "height": defaults.height,
@@ -139,30 +171,15 @@ def _defaults_record(defaults: JobDefaults) -> dict[str, Any]:
         "priority": defaults.priority,
         "num_images": defaults.num_images,
     }
+    # Only when not the default: the record feeds ``default_key``, and a PNG submission made
+    # before formats existed must keep its key, so submitting it again still dedupes.
+    if defaults.image_format != DEFAULT_IMAGE_FORMAT or defaults.image_quality is not None:
+        record["image_format"] = defaults.image_format
+        record["image_quality"] = defaults.image_quality
+    return record
 
 
-def _count_jobs(session, submission_id: str) -> int:
-    from sqlalchemy import func, select
-
-    from storage.models import Job
-
-    return session.scalar(select(func.count()).where(Job.submission_id == submission_id)) or 0
-
-
-def _queued_jobs(session, submission_id: str) -> list[tuple[str, str, int]]:
-    from sqlalchemy import select
-
-    from storage.models import Job, JobStatus
-
-    rows = session.execute(
-        select(Job.id, Job.model, Job.priority)
-        .where(Job.submission_id == submission_id, Job.status == JobStatus.QUEUED)
-        .order_by(Job.position)
-    )
-    return [(row.id, row.model, row.priority) for row in rows]
-
-
-def _check_broker(app) -> None:
+def _check_broker(app: Celery) -> None:
     from core.errors import BrokerUnavailable
     from core.settings import mask_url
 

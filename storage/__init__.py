@@ -7,12 +7,17 @@ Modules, one concern each:
 - ``submissions``  creating submissions and bulk-inserting their jobs, idempotently
 - ``bulk``         the bulk insert itself: COPY on PostgreSQL, executemany on SQLite
 - ``jobs``         guarded status transitions (compare-and-set UPDATEs)
-- ``queries``      counts, pagination and stuck-job searches
+- ``queries``      loading, counting and listing jobs, stuck-job and suspect searches
 - ``stats``        small aggregates for the status command and metrics
-- ``migrate``      Alembic ``upgrade`` / ``downgrade`` / ``current`` as plain functions
+- ``fleet_reads``  open work per model, oldest queued job, recent batch spans (fleet tools)
+- ``gallery``      bounded pages of submissions and jobs for the web view and contact sheets
+- ``workers``      the worker registry: announce, beat, retire, live workers, models served
+- ``ids``          unique id prefixes (git-style) of submissions and jobs
+- ``overview``     recent submissions with counts and rates, open models, recent finishes
 - ``objects``      the ``ObjectStore`` interface, ``open_store(url)`` and key helpers
 - ``s3`` / ``local`` the two object store backends
 - ``uploads``      ``UploadPool``: bounded, back-pressured background uploads
 
-Nothing here imports the worker, the producer or torch.
+Imports only ``core``; no stage imports SQLAlchemy, they call these modules instead
+(tests/test_architecture.py, docs/architecture.md).
 """

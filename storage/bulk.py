@@ -10,21 +10,25 @@ must be skipped the rows go through a temporary staging table and one
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import JSON, insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from storage.models import Job, JobStatus
+from storage.models import Job
 
 SQLITE_CHUNK = 5_000
 """Rows per SQLite executemany: amortises statement overhead, bounds the list of dicts in memory."""
 
 _STAGING = "jobs_staging"
+# Columns of ``jobs`` whose values are dicts: COPY takes them as JSON text.
+_JSON_COLUMNS = frozenset(
+    column.name for column in Job.__table__.c if isinstance(column.type, JSON)
+)
 
 
 def insert_job_rows(
@@ -95,18 +99,17 @@ def _copy(
         return inserted
 
 
-def _pg_encoder(columns: tuple[str, ...]) -> Any:
-    """Convert Python values to what COPY's text format takes (JSON text, enum values)."""
-    json_at = [i for i, name in enumerate(columns) if name == "metadata"]
-    status_at = [i for i, name in enumerate(columns) if name == "status"]
+def _pg_encoder(columns: tuple[str, ...]) -> Callable[[tuple[Any, ...]], Sequence[Any]]:
+    """Convert a row to what COPY's text format takes: JSON columns as their text. Everything
+    else (text, numbers, booleans, aware datetimes) psycopg writes as it is; a status must be its
+    plain text (``JobStatus.QUEUED.value``), which ``storage.submissions.job_row`` gives."""
+    json_at = [i for i, name in enumerate(columns) if name in _JSON_COLUMNS]
 
-    def encode(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    def encode(row: tuple[Any, ...]) -> Sequence[Any]:
         values = list(row)
         for i in json_at:
             values[i] = json.dumps(values[i]) if values[i] else "{}"
-        for i in status_at:
-            values[i] = JobStatus(values[i]).value
-        return tuple(values)
+        return values
 
     return encode
 

@@ -20,6 +20,27 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
+# The two types callers pass around, re-exported so that a stage can annotate an engine or a
+# session without importing SQLAlchemy (tests/test_architecture.py keeps SQL inside storage/).
+__all__ = [
+    "PG_CONNECT_TIMEOUT_S",
+    "PG_IDLE_IN_TRANSACTION_TIMEOUT_S",
+    "PG_STATEMENT_TIMEOUT_S",
+    "RECONCILER_LOCK_TIMEOUT_S",
+    "SQLITE_BUSY_TIMEOUT_S",
+    "DatabaseMisconfigured",
+    "Engine",
+    "SchemaMissing",
+    "Session",
+    "bound_lock_waits",
+    "classify_db_error",
+    "engine_label",
+    "make_engine",
+    "pg_session_options",
+    "session_scope",
+    "translate_db_errors",
+]
+
 from core.errors import DatabaseUnavailable, UserError
 from core.settings import mask_url
 
@@ -29,6 +50,20 @@ commit in milliseconds, so 30 s only runs out when a transaction is held open fa
 
 PG_CONNECT_TIMEOUT_S = 10
 """Fail a PostgreSQL connection attempt after this long instead of the OS default (minutes)."""
+
+PG_IDLE_IN_TRANSACTION_TIMEOUT_S = 60
+"""PostgreSQL ends a session that sits idle inside a transaction this long. Our transactions do
+no waiting between statements (uploads and sampling happen outside them), so only a stalled
+process (SIGSTOP, a frozen VM) or a hung client gets here; without it, such a process holds its
+row locks forever and every writer of those rows queues behind it (observed: 9.5 min)."""
+
+PG_STATEMENT_TIMEOUT_S = 600
+"""PostgreSQL cancels one statement after this long: far above the slowest we run (COPY of a
+million-job submission, tens of seconds), low enough that nothing hangs for hours."""
+
+RECONCILER_LOCK_TIMEOUT_S = 5
+"""How long a reconciler or operator statement waits for a row lock before giving up on it. It
+skips locked rows where it can (``FOR UPDATE SKIP LOCKED``) and comes back on its next pass."""
 
 # SQLite messages that mean "the database cannot be used right now", not "your SQL is wrong"
 # (sqlite3 raises OperationalError for both).
@@ -70,12 +105,33 @@ def make_engine(
             engine_kwargs.setdefault("pool_pre_ping", True)  # survive server restarts / idle drops
             connect_args = engine_kwargs.setdefault("connect_args", {})
             connect_args.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
+            connect_args.setdefault("options", pg_session_options())
         return create_engine(sa_url, **engine_kwargs)
     except NoSuchModuleError as exc:
         raise DatabaseMisconfigured(
             f"No SQLAlchemy driver for {mask_url(url)}: use sqlite:///path/to/file.db or "
             "postgresql+psycopg://user:password@host:5432/dbname."
         ) from exc
+
+
+def pg_session_options(
+    *,
+    idle_in_transaction_s: float = PG_IDLE_IN_TRANSACTION_TIMEOUT_S,
+    statement_s: float = PG_STATEMENT_TIMEOUT_S,
+) -> str:
+    """libpq ``options`` that set the server-side timeouts of every session we open."""
+    return (
+        f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_s * 1000)} "
+        f"-c statement_timeout={int(statement_s * 1000)}"
+    )
+
+
+def bound_lock_waits(session: Session, seconds: float = RECONCILER_LOCK_TIMEOUT_S) -> None:
+    """Make the rest of ``session``'s transaction wait at most ``seconds`` for any lock
+    (PostgreSQL ``SET LOCAL lock_timeout``; SQLite has its busy timeout). For the reconciler and
+    operator commands, which must never queue behind a stalled worker's transaction."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = {int(seconds * 1000)}"))
 
 
 def _parse_url(url: str) -> URL:
@@ -194,9 +250,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     label = engine_label(engine)
     with translate_db_errors(label), Session(engine, expire_on_commit=False) as s, s.begin():
         yield s
-
-
-def check_connection(engine: Engine) -> None:
-    """Raise ``DatabaseUnavailable`` (or a ``UserError``) unless a trivial query succeeds."""
-    with translate_db_errors(engine_label(engine)), engine.connect() as connection:
-        connection.execute(text("SELECT 1"))

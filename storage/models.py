@@ -33,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.jobspec import DEFAULT_PRIORITY, MAX_MODEL_CHARS, MAX_PRIORITY, MAX_SEED, MIN_PRIORITY
+
 # Named constraints and indexes: Alembic can only alter or drop what has a stable name, and SQLite
 # batch migrations rebuild tables from these names.
 NAMING_CONVENTION = {
@@ -42,12 +44,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-MAX_SEED = 2**63 - 1
-"""Seeds are stored as signed 64-bit integers, so the largest is 2**63 - 1."""
-
-PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH = 0, 5, 9
-"""Celery/Redis priority semantics: 0..9, higher runs first."""
 
 
 class JobStatus(str, enum.Enum):
@@ -155,10 +151,15 @@ class Job(Base):
     height: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
     steps: Mapped[int] = mapped_column(Integer)
-    model: Mapped[str] = mapped_column(String(255))
-    priority: Mapped[int] = mapped_column(Integer, server_default=text(str(PRIORITY_NORMAL)))
-    # ``metadata`` is reserved on declarative classes, hence the Python name.
+    model: Mapped[str] = mapped_column(String(MAX_MODEL_CHARS))
+    priority: Mapped[int] = mapped_column(Integer, server_default=text(str(DEFAULT_PRIORITY)))
+    # ``metadata`` is reserved on declarative classes, hence the Python name; the column keeps
+    # JobSpec's field name (see ``JOB_ATTRIBUTES``).
     caller_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    # How the image is encoded (png, webp, jpeg) and, for the lossy ones, at what quality (NULL:
+    # the format's default); the key's extension and the content type follow the format.
+    image_format: Mapped[str] = mapped_column(String(8), server_default=text("'png'"))
+    image_quality: Mapped[int | None] = mapped_column(Integer)
 
     status: Mapped[JobStatus] = mapped_column(
         _STATUS_TYPE, server_default=text(f"'{JobStatus.QUEUED.value}'")
@@ -172,6 +173,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     batch_id: Mapped[str | None] = mapped_column(String(64))
     batch_size: Mapped[int | None] = mapped_column(Integer)
+    # Jobs in the sampler call that rendered this one; a delivery (batch_size) is split into
+    # groups of equal size and steps, so this is the batch the GPU actually ran.
+    group_size: Mapped[int | None] = mapped_column(Integer)
 
     # Timings in seconds.
     queue_wait_s: Mapped[float | None] = mapped_column(Float)
@@ -195,10 +199,78 @@ class Job(Base):
         Index("ix_jobs_finished_at", "finished_at"),
         CheckConstraint(f"status IN ({_STATUS_LIST})", name="status"),
         CheckConstraint(f"seed >= 0 AND seed <= {MAX_SEED}", name="seed_range"),
-        CheckConstraint("priority >= 0 AND priority <= 9", name="priority_range"),
+        CheckConstraint(
+            f"priority >= {MIN_PRIORITY} AND priority <= {MAX_PRIORITY}", name="priority_range"
+        ),
         CheckConstraint("position >= 0", name="position_non_negative"),
         CheckConstraint("attempts >= 0", name="attempts_non_negative"),
     )
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.status.value} attempts={self.attempts}>"
+
+
+class Worker(Base):
+    """A live (or recently live) worker process, upserted at start and on every heartbeat.
+
+    A row whose ``last_beat_at`` is older than ``ttl_s`` is a dead worker; ``storage.workers``
+    reads only live ones and prunes the rest.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    queue: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    last_beat_at: Mapped[datetime]
+    ttl_s: Mapped[float] = mapped_column(Float)
+    images_done: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    jobs_in_hand: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+    __table_args__ = (Index("ix_workers_model_last_beat_at", "model", "last_beat_at"),)
+
+
+class WebhookDelivery(Base):
+    """A webhook a finished submission owes: the durable outbox that ``storage.webhooks`` fills
+    when it marks the submission finished and that the workers' sender threads drain.
+
+    ``status`` is ``pending`` (due at ``next_attempt_at``; a claimed attempt pushes that forward
+    by a lease), ``sent`` (a 2xx answer) or ``gave_up``. One row per (submission, generation):
+    a submission finished again after ``requeue --failed`` owes a new one.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    submission_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("submissions.id", ondelete="CASCADE")
+    )
+    generation: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("submission_id", "generation"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        CheckConstraint("status IN ('pending', 'sent', 'gave_up')", name="status"),
+    )
+
+
+JOB_ATTRIBUTES: dict[str, str] = {
+    column.name: Job.__mapper__.get_property_by_column(column).key for column in Job.__table__.c
+}
+"""Every column of ``jobs`` (in table order) -> the ``Job`` attribute that holds it. They differ
+only where a name is reserved (``metadata`` -> ``caller_metadata``); code that goes by column
+name (status listings, ``storage.submissions.spec_of``) reads attributes through this."""

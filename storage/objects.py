@@ -4,9 +4,10 @@
     open_store("file:///srv/loopfree/outputs")                        -> LocalStore
 
 Keys are relative to the store's prefix and deterministic per job
-(``{submission_id}/{job_id}.png``), so a retried upload overwrites the first attempt instead of
-leaving a second copy. Every upload is verified against the SHA-256 of the bytes the caller passed
-before it counts as stored.
+(``{submission_id}/{job_id}.{png|webp|jpg}``), so a retried upload overwrites the first attempt
+instead of leaving a second copy. The caller hashes the bytes once (the encoder does, as it
+writes them) and ``put`` takes that SHA-256: the S3 store sends it for the server to check, and
+the recorded ``jobs.image_sha256`` is that same digest.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import StoreUnavailable, UserError
+from core.settings import Settings
 
 PNG_CONTENT_TYPE = "image/png"
+PROBE_KEY = "_loopfree/probe"
+"""Where ``ObjectStore.probe`` writes: outside every submission's folder (submission ids are
+UUIDs), overwritten by each probe, so it is one small object however long an outage lasts."""
 
 
 class InvalidStorageUrl(UserError):
@@ -56,9 +61,10 @@ class StoredObject:
     sha256: str  # hex digest of the bytes, as recorded in ``jobs.image_sha256``
 
 
-def job_key(submission_id: str, job_id: str) -> str:
-    """The store key of a job's image: ``{submission_id}/{job_id}.png`` (under the store prefix)."""
-    return f"{submission_id}/{job_id}.png"
+def job_key(submission_id: str, job_id: str, extension: str = "png") -> str:
+    """The store key of a job's image: ``{submission_id}/{job_id}.{extension}`` (under the store
+    prefix). The extension follows the job's image format (``png``, ``webp``, ``jpg``)."""
+    return f"{submission_id}/{job_id}.{extension}"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -66,7 +72,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 class ObjectStore(ABC):
-    """A place to put PNGs and get them back. Implementations are safe to share between threads.
+    """A place to put images and get them back. Implementations are safe to share between threads.
 
     Methods that take ``uri_or_key`` accept either a key relative to the store (``sub/job.png``)
     or a full URI the store handed out (``s3://bucket/prefix/sub/job.png``).
@@ -76,8 +82,31 @@ class ObjectStore(ABC):
     url: str
 
     @abstractmethod
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        sha256: str,
+        metadata: Mapping[str, str],
+    ) -> StoredObject:
+        """Store ``data`` under ``key`` (replacing what was there) and make sure it arrived
+        intact. ``sha256`` is the caller's hex digest of ``data``; it is not computed again."""
+
     def put_png(self, key: str, data: bytes, *, metadata: Mapping[str, str]) -> StoredObject:
-        """Store ``data`` under ``key`` (replacing what was there) and verify it arrived intact."""
+        """``put`` for PNG bytes the caller has not hashed (tests, benchmarks, tools)."""
+        return self.put(
+            key, data, content_type=PNG_CONTENT_TYPE, sha256=sha256_hex(data), metadata=metadata
+        )
+
+    def probe(self) -> None:
+        """Store a few bytes at ``PROBE_KEY``: does the store take writes again? A paused worker
+        asks this with backoff during an outage (``worker.outage``). A write, not a read, because
+        what the worker waits for is a working upload (a store can list but refuse writes).
+        Raises ``StoreUnavailable`` while the store does not answer."""
+        data = b"ok"
+        self.put(PROBE_KEY, data, content_type="text/plain", sha256=sha256_hex(data), metadata={})
 
     @abstractmethod
     def get(self, uri_or_key: str) -> bytes:
@@ -106,9 +135,9 @@ class ObjectStore(ABC):
     def uri_for(self, key: str) -> str:
         """The full URI of ``key``, as recorded in ``jobs.image_uri``."""
 
-    def key_for(self, submission_id: str, job_id: str) -> str:
+    def key_for(self, submission_id: str, job_id: str, extension: str = "png") -> str:
         """The key of a job's image; see ``job_key``."""
-        return job_key(submission_id, job_id)
+        return job_key(submission_id, job_id, extension)
 
     def key_of(self, uri_or_key: str) -> str:
         """The key relative to this store of a key or of a URI this store handed out."""
@@ -132,6 +161,15 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or "\\" in key or "\0" in key or ".." in parts or "" in parts:
         raise ValueError(f"invalid object key {key!r}: use relative 'a/b/c.png' style keys")
     return key
+
+
+def store_for(settings: Settings) -> ObjectStore:
+    """The object store the settings name (``LOOPFREE_STORAGE_URL`` and its S3 endpoint)."""
+    return open_store(
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+    )
 
 
 def open_store(

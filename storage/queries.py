@@ -1,7 +1,7 @@
 """Read-side queries: load jobs, count them, page through them, find stuck ones.
 
-Listings use keyset pagination (``WHERE position > :last ORDER BY position LIMIT n``) rather than
-OFFSET, so page 1,000 of a 100,000-job submission costs the same as page 1.
+A submission's jobs are listed with keyset pagination (``WHERE position > :last ORDER BY position
+LIMIT n``) rather than OFFSET, so page 1,000 of a 100,000-job submission costs the same as page 1.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
+from storage.jobs import WORKER_STOPPED
 from storage.models import Job, JobStatus
 
 PAGE_SIZE = 1_000
@@ -19,7 +21,51 @@ PAGE_SIZE = 1_000
 
 
 def get_job(session: Session, job_id: str) -> Job | None:
-    return session.get(Job, job_id)
+    job = session.get(Job, job_id)
+    return None if job is None else with_line_metadata(session, [job])[0]
+
+
+def with_line_metadata(session: Session, jobs: list[Job]) -> list[Job]:
+    """``jobs`` with the metadata of their prompt-file line filled in where it is stored once.
+
+    A line asking for ``num_images`` images becomes that many jobs at consecutive positions, but
+    its metadata is stored only on the first of them (``storage.submissions.insert_jobs``):
+    otherwise a line's 16 KiB of metadata would cost a megabyte at 64 images. Readers get it back
+    here, on every job of the line. A job right after its neighbour in ``jobs`` needs no query
+    (same line: the neighbour's metadata; another line: it is its line's first job); the rest
+    are looked up in one statement. The value is set as if loaded, so a commit never writes it.
+    """
+    unknown: list[Job] = []
+    previous: Job | None = None
+    for job in sorted(jobs, key=lambda j: (j.submission_id, j.position)):
+        if not job.caller_metadata and job.position > 0:
+            adjacent = (
+                previous is not None
+                and previous.submission_id == job.submission_id
+                and previous.position == job.position - 1
+            )
+            if not adjacent:
+                unknown.append(job)
+            elif previous.line_number == job.line_number and previous.caller_metadata:
+                set_committed_value(job, "caller_metadata", previous.caller_metadata)
+        previous = job
+    if unknown:
+        lines = {(job.submission_id, job.line_number) for job in unknown}
+        statement = (
+            select(Job.submission_id, Job.line_number, Job.caller_metadata)
+            .where(
+                Job.submission_id.in_({submission for submission, _ in lines}),
+                Job.line_number.in_({line for _, line in lines}),
+            )
+            .order_by(Job.position)
+        )
+        first: dict[tuple[str, int], dict] = {}
+        for submission, line, metadata in session.execute(statement):
+            first.setdefault((submission, line), metadata)  # the line's first job holds it
+        for job in unknown:
+            if metadata := first.get((job.submission_id, job.line_number)):
+                set_committed_value(job, "caller_metadata", metadata)
+    return jobs
 
 
 def load_jobs(session: Session, job_ids: Sequence[str]) -> list[Job]:
@@ -71,7 +117,7 @@ def list_submission_jobs(
         .order_by(Job.position)
         .limit(limit)
     )
-    return list(session.scalars(statement))
+    return with_line_metadata(session, list(session.scalars(statement)))
 
 
 def iter_submission_jobs(
@@ -86,22 +132,17 @@ def iter_submission_jobs(
         after = page[-1].position
 
 
-def list_jobs_by_status(
-    session: Session,
-    status: JobStatus,
-    *,
-    submission_id: str | None = None,
-    after_id: str | None = None,
-    limit: int = PAGE_SIZE,
+def list_all_jobs(
+    session: Session, *, status: JobStatus | None = None, limit: int | None = None
 ) -> list[Job]:
-    """One page of jobs in ``status``, ordered by id; pass the last id as ``after_id`` for the
-    next page."""
-    statement = select(Job).where(Job.status == status).order_by(Job.id).limit(limit)
-    if submission_id is not None:
-        statement = statement.where(Job.submission_id == submission_id)
-    if after_id is not None:
-        statement = statement.where(Job.id > after_id)
-    return list(session.scalars(statement))
+    """Jobs of every submission (only those in ``status``, if given), oldest first, at most
+    ``limit``: ``loopfree jobs`` without ``--submission``."""
+    statement = select(Job).order_by(Job.created_at, Job.position)
+    if status is not None:
+        statement = statement.where(Job.status == status)
+    if limit:
+        statement = statement.limit(limit)
+    return with_line_metadata(session, list(session.scalars(statement)))
 
 
 def find_stuck_running(
@@ -118,6 +159,19 @@ def find_stuck_running(
     return list(session.scalars(statement))
 
 
+def find_suspects(session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Of ``job_ids``, the jobs claimed before whose last attempt ended without an outcome: its
+    worker died (no error recorded) or stopped heart-beating and the reconciler took the job back
+    (``WORKER_STOPPED``). The job may be what killed it, so workers run these alone."""
+    statement = select(Job.id).where(
+        Job.id.in_(list(job_ids)),
+        Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        Job.attempts > 0,
+        Job.error.is_(None) | (Job.error == WORKER_STOPPED),
+    )
+    return set(session.scalars(statement))
+
+
 def queued_job_keys(
     session: Session, *, submission_id: str | None = None
 ) -> list[tuple[str, str, int]]:
@@ -131,17 +185,3 @@ def queued_job_keys(
     if submission_id is not None:
         statement = statement.where(Job.submission_id == submission_id)
     return [(row.id, row.model, row.priority) for row in session.execute(statement)]
-
-
-def find_stale_queued(
-    session: Session, *, created_before: datetime, limit: int = PAGE_SIZE
-) -> list[Job]:
-    """Queued jobs created before ``created_before``, oldest first: candidates for a lost broker
-    message (the reconciler can publish them again; a duplicate message is harmless)."""
-    statement = (
-        select(Job)
-        .where(Job.status == JobStatus.QUEUED, Job.created_at < created_before)
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
-    return list(session.scalars(statement))

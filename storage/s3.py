@@ -1,10 +1,12 @@
 """S3-compatible object store (AWS S3, MinIO, Cloudflare R2, moto) through boto3.
 
-Uploads are verified, not trusted: each PUT carries ``Content-MD5`` and ``x-amz-checksum-sha256``
-of the bytes (servers that check them reject a corrupted body with ``BadDigest``), and the reply
-must prove the server holds those bytes: its ETag (the server's own MD5 of a single-part,
-non-KMS upload) must equal our MD5, or, where ETags are not MD5s, the SHA-256 checksum the server
-computed must equal ours. Otherwise ``UploadNotVerified`` (retryable) is raised.
+Uploads are verified, not trusted, and hashed once: each PUT carries ``x-amz-checksum-sha256`` of
+the bytes, the digest the caller computed when it encoded them (a server that checks it rejects a
+corrupted body with ``BadDigest``), and the reply must prove the server holds those bytes: the
+SHA-256 checksum it returns (AWS S3, MinIO, R2 and moto do) must equal ours. Only a server that
+returns no checksum costs an MD5, computed then, to compare with its ETag (the server's own MD5
+of a single-part, non-KMS upload). Otherwise ``UploadNotVerified`` (retryable) is raised. No
+``Content-MD5`` is sent: it was a second hash of every image for a check the SHA-256 already does.
 
 Objects are private (no ACL is sent, so the bucket's default, private, applies); share them with
 presigned GET URLs that expire.
@@ -31,7 +33,6 @@ from botocore.exceptions import (
 from core.errors import StoreUnavailable
 from core.settings import mask_url
 from storage.objects import (
-    PNG_CONTENT_TYPE,
     BucketNotFound,
     ObjectNotFound,
     ObjectStore,
@@ -99,22 +100,34 @@ class S3Store(ObjectStore):
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
-    def put_png(self, key: str, data: bytes, *, metadata: Mapping[str, str]) -> StoredObject:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        sha256: str,
+        metadata: Mapping[str, str],
+    ) -> StoredObject:
         object_key = self._object_key(key)
-        sha256 = hashlib.sha256(data).digest()
-        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        digest = bytes.fromhex(sha256)
         with self._errors("uploading", object_key):
             reply = self._client.put_object(
                 Bucket=self.bucket,
                 Key=object_key,
                 Body=data,
-                ContentType=PNG_CONTENT_TYPE,
-                Metadata={**metadata, "sha256": sha256.hex()},
-                ContentMD5=_b64(md5),
-                ChecksumSHA256=_b64(sha256),
+                ContentType=content_type,
+                Metadata={**metadata, "sha256": sha256},
+                # Naming the algorithm asks servers to return the checksum they checked; the
+                # value given, botocore computes nothing and adds no aws-chunked trailer.
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=_b64(digest),
             )
-        verify_put_reply(reply, md5=md5, sha256=sha256, where=self.uri_for(key))
-        return StoredObject(uri=self.uri_for(key), size=len(data), sha256=sha256.hex())
+        md5 = None
+        if "ChecksumSHA256" not in reply:  # a server that does not echo checksums: its ETag
+            md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        verify_put_reply(reply, md5=md5, sha256=digest, where=self.uri_for(key))
+        return StoredObject(uri=self.uri_for(key), size=len(data), sha256=sha256)
 
     def get(self, uri_or_key: str) -> bytes:
         object_key = self._object_key(self.key_of(uri_or_key))
@@ -239,16 +252,20 @@ def _new_client(endpoint_url: str | None, config: Config) -> Any:
         return _session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-def verify_put_reply(reply: Mapping[str, Any], *, md5: bytes, sha256: bytes, where: str) -> None:
-    """Raise ``UploadNotVerified`` unless the PutObject reply proves the server got our bytes."""
-    etag = str(reply.get("ETag", "")).strip('"')
-    if etag == md5.hex():
-        return  # the server's own MD5 of what it stored
+def verify_put_reply(
+    reply: Mapping[str, Any], *, sha256: bytes, where: str, md5: bytes | None = None
+) -> None:
+    """Raise ``UploadNotVerified`` unless the PutObject reply proves the server got our bytes:
+    its SHA-256 checksum equals ours, or (``md5`` given, for servers that return no checksum)
+    its ETag is the MD5 of the bytes sent."""
     if reply.get("ChecksumSHA256") == _b64(sha256):
         return  # servers that return it have checked it against the body
+    etag = str(reply.get("ETag", "")).strip('"')
+    if md5 is not None and etag == md5.hex():
+        return  # the server's own MD5 of what it stored
     raise UploadNotVerified(
-        f"The store did not confirm the upload of {where} (ETag {etag!r} is not the MD5 of the "
-        "bytes sent and no matching SHA-256 came back); retry the upload."
+        f"The store did not confirm the upload of {where} (no matching SHA-256 checksum came "
+        f"back, and ETag {etag!r} is not the MD5 of the bytes sent); retry the upload."
     )
 
 

@@ -3,43 +3,32 @@
 A producer that crashes half-way through a 100,000-line file runs again with the same idempotency
 key: the submission is found instead of duplicated, job ids are derived from (submission, position)
 so they come out the same, and jobs that are already in the table are skipped.
+
+A job is a validated ``JobSpec`` from the validator to the row and back: ``job_row`` turns one into
+a ``jobs`` row, ``spec_of`` turns a stored row into one again. Each JobSpec field lives in the
+column of the same name, so a new field needs a column (and a migration) and nothing else here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from core.jobspec import FIELD_NAMES, JobSpec, ParsedJob
 from storage.bulk import insert_job_rows
-from storage.models import PRIORITY_NORMAL, Job, JobStatus, Submission, utcnow
+from storage.models import JOB_ATTRIBUTES, Job, JobStatus, Submission, utcnow
 
 # Fixed namespace for uuid5 job ids; changing it would change every derived id.
 _JOB_ID_NAMESPACE = uuid.UUID("5b0c7d8e-3f4a-4c1e-9a57-6f0e2d1b8c33")
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """A validated job, ready to insert. Validation happens at the edges, not here."""
-
-    position: int
-    line_number: int
-    prompt: str
-    seed: int
-    height: int
-    width: int
-    steps: int
-    model: str
-    priority: int = PRIORITY_NORMAL
-    prompt_truncated: bool = False
-    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,13 +92,14 @@ def create_submission(
 def insert_jobs(
     session: Session,
     submission_id: str,
-    jobs: Iterable[NewJob],
+    jobs: Iterable[ParsedJob],
     *,
     skip_existing: bool = True,
     now: datetime | None = None,
 ) -> int:
     """Insert jobs as ``queued`` in bulk and return how many were inserted. ``jobs`` may be a
-    generator; it is streamed, not materialised.
+    generator; it is streamed, not materialised. Their specs are stored as they are: resolve the
+    size (``JobSpec.resolve_size``) and the model's canonical name first.
 
     With ``skip_existing`` (the default) positions already in the table are skipped, which makes
     resuming a half-inserted submission safe. Pass ``skip_existing=False`` for a submission this
@@ -117,8 +107,29 @@ def insert_jobs(
     ``COPY`` straight into the table (about 1.5x faster).
     """
     created_at = now or utcnow()
-    rows = (_job_row(submission_id, job, created_at) for job in jobs)
-    return insert_job_rows(session, JOB_COLUMNS, rows, skip_existing=skip_existing)
+    return insert_job_rows(
+        session, JOB_COLUMNS, _rows(jobs, submission_id, created_at), skip_existing=skip_existing
+    )
+
+
+def _rows(
+    jobs: Iterable[ParsedJob], submission_id: str, created_at: datetime
+) -> Iterator[tuple[Any, ...]]:
+    line = None
+    for job in jobs:
+        spec = job.spec
+        if job.line_number == line and spec.metadata:
+            # The 2nd..kth image of a line: its metadata is the first image's, stored once
+            # (``storage.queries.with_line_metadata`` reads it back for every image).
+            spec = replace(spec, metadata={})
+        line = job.line_number
+        yield job_row(
+            spec,
+            submission_id=submission_id,
+            position=job.position,
+            line_number=job.line_number,
+            created_at=created_at,
+        )
 
 
 def get_submission(session: Session, submission_id: str) -> Submission | None:
@@ -137,7 +148,11 @@ def job_ids_of(session: Session, submission_id: str) -> list[str]:
 def mark_submission_finished(
     session: Session, submission_id: str, *, now: datetime | None = None
 ) -> bool:
-    """Set ``finished_at`` once no job is queued or running. True only for the call that set it."""
+    """Set ``finished_at`` once no job is queued or running. True only for the call that set it.
+
+    That call also owes the submission's webhook, if it has one: the delivery is written to the
+    outbox in this same transaction (``storage.webhooks.enqueue_finished``), so the finish and
+    its webhook commit together, whatever path finished it (a worker, a cancel)."""
     open_jobs = (
         select(func.count())
         .select_from(Job)
@@ -156,7 +171,36 @@ def mark_submission_finished(
         )
         .values(finished_at=now or utcnow())
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    from storage.webhooks import enqueue_finished  # storage.webhooks reads what this module writes
+
+    enqueue_finished(session, submission_id, now=now)
+    return True
+
+
+def reopen_submissions(session: Session, *, submission_id: str | None = None) -> int:
+    """Clear ``finished_at`` of finished submissions that have an open job again (after
+    ``requeue --failed``), so their next finish is a new one and owes a new webhook. Returns
+    how many were reopened."""
+    open_job = (
+        select(Job.id)
+        .where(
+            Job.submission_id == Submission.id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        )
+        .exists()
+    )
+    conditions = [Submission.finished_at.is_not(None), open_job]
+    if submission_id is not None:
+        conditions.append(Submission.id == submission_id)
+    result = session.execute(
+        update(Submission)
+        .where(*conditions)
+        .values(finished_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
 
 
 def mark_webhook_sent(session: Session, submission_id: str, *, now: datetime | None = None) -> bool:
@@ -184,43 +228,56 @@ def _insert(session: Session, table: Any) -> Any:
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
 
 
-JOB_COLUMNS = (
-    "id",
-    "submission_id",
-    "position",
-    "line_number",
-    "prompt",
-    "prompt_truncated",
-    "seed",
-    "height",
-    "width",
-    "steps",
-    "model",
-    "priority",
-    "metadata",
-    "status",
-    "attempts",
-    "created_at",
-)
-"""Column names (not attribute names: ``metadata``) that ``_job_row`` fills, in order."""
+# The columns of a new row that do not come from its JobSpec, in the order ``job_row`` fills them.
+# The rest keep their server defaults: what workers record later (``prompt_truncated`` false, the
+# claim, timings and results NULL).
+_PLACE_COLUMNS = (
+    "id", "submission_id", "position", "line_number", "status", "attempts", "created_at",
+)  # fmt: skip
+JOB_COLUMNS: tuple[str, ...] = _PLACE_COLUMNS + FIELD_NAMES
+"""Column names (not attribute names: ``metadata``) of a ``job_row``, in order."""
+
+_spec_values = attrgetter(*FIELD_NAMES)
+_QUEUED = JobStatus.QUEUED.value  # the plain text: COPY takes it as it is
 
 
-def _job_row(submission_id: str, job: NewJob, created_at: datetime) -> tuple[Any, ...]:
+def job_row(
+    spec: JobSpec,
+    *,
+    submission_id: str,
+    position: int,
+    line_number: int,
+    created_at: datetime,
+) -> tuple[Any, ...]:
+    """``spec`` as a new ``queued`` row of ``jobs``: values in ``JOB_COLUMNS`` order, what
+    ``storage.bulk.insert_job_rows`` takes."""
     return (
-        job_id_for(submission_id, job.position),
+        job_id_for(submission_id, position),
         submission_id,
-        job.position,
-        job.line_number,
-        job.prompt,
-        job.prompt_truncated,
-        job.seed,
-        job.height,
-        job.width,
-        job.steps,
-        job.model,
-        job.priority,
-        dict(job.metadata),
-        JobStatus.QUEUED,
+        position,
+        line_number,
+        _QUEUED,
         0,
         created_at,
+        *_spec_values(spec),
     )
+
+
+def _spec_attributes() -> tuple[str, ...]:
+    """The ``Job`` attributes that hold JobSpec's fields, in field order."""
+    missing = [name for name in FIELD_NAMES if name not in JOB_ATTRIBUTES]
+    if missing:
+        raise LookupError(
+            f"JobSpec fields without a column in jobs: {', '.join(missing)}; add a column of the "
+            "same name to storage.models.Job and a migration"
+        )
+    return tuple(JOB_ATTRIBUTES[name] for name in FIELD_NAMES)
+
+
+_stored_spec_values = attrgetter(*_spec_attributes())
+
+
+def spec_of(job: Job) -> JobSpec:
+    """The JobSpec a stored job holds, validated again: ``InvalidJob`` says what is wrong with a
+    row that no longer passes (edited by hand, or written before a limit was tightened)."""
+    return JobSpec(**dict(zip(FIELD_NAMES, _stored_spec_values(job), strict=True)))

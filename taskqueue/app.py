@@ -5,12 +5,14 @@ can be lost (the reconciler re-publishes from the database) or delivered twice (
 status updates make the second delivery a no-op) without changing the outcome.
 
 Priorities: on Redis, Celery emulates them with one list per priority step and serves the lowest
-number first; our job priorities (9 high, 5 normal, 0 low) are flipped accordingly. The embedded
-filesystem broker has no priorities: there jobs run in submission order.
+number first; job priorities (``core.jobspec.PRIORITY_LEVELS``, higher first) are flipped on the
+way in (``broker_priority``) and back on the way out (``job_priority``). The embedded filesystem
+broker has no priorities: there jobs run in submission order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 
@@ -18,26 +20,52 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from core.errors import BrokerUnavailable
+from core.jobspec import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from core.settings import Settings, mask_url
+from taskqueue import lean_message
 
 GENERATE_TASK = "loopfree.generate"
+# Every loopfree.generate message this process publishes leaves out the headers a worker reads
+# with a default: under 1 KiB of Redis per waiting job (``taskqueue.lean_message``).
+lean_message.connect(GENERATE_TASK)
 QUEUE_PREFIX = "loopfree."
 # Celery's Redis transport groups priorities 0-9 into these steps; 0 is served first.
 PRIORITY_STEPS = [0, 3, 6, 9]
-PRIORITY_VALUES = {"high": 9, "normal": 5, "low": 0}
-# The error recorded on a job the reconciler takes back from a worker that stopped heart-beating.
-# Workers run such jobs alone (see ``worker.batch``): the job may be what stopped it.
-WORKER_STOPPED = "worker stopped"
+# kombu's default Redis separator (``kombu.transport.redis.Channel.sep``): a priority step's list
+# is ``queue + REDIS_SEP + step``, e.g. ``loopfree.m\x06\x163``.
+REDIS_SEP = "\x06\x16"
+
+
+# Characters kept of the model's name, for people reading queue names; the hash makes it unique.
+QUEUE_LABEL_CHARS = 80
 
 
 def queue_name(model: str) -> str:
-    """The queue that workers of ``model`` consume: ``loopfree.senmaonk-loopfree-sd1.5``."""
-    return QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
+    """The queue that workers of ``model`` consume: ``loopfree.senmaonk-loopfree-sd1.5.1b4c…``.
+
+    A readable label of the model plus a hash of its exact name: the label alone would give the
+    hub id ``models/x-tiny`` and the folder ``models/x/tiny`` one queue, and each would then take
+    the other's jobs (and fail them).
+    """
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.")[-QUEUE_LABEL_CHARS:]
+    digest = hashlib.sha256(model.encode()).hexdigest()[:12]
+    return f"{QUEUE_PREFIX}{label}.{digest}"
 
 
 def broker_priority(job_priority: int) -> int:
-    """Our priority (9 = high) as the Redis transport's (0 = served first)."""
-    return 9 - max(0, min(9, job_priority))
+    """A job priority (``MAX_PRIORITY`` = high) as the Redis transport's (0 = served first)."""
+    return _mirror(job_priority)
+
+
+def job_priority(delivered_priority: int) -> int:
+    """The inverse of ``broker_priority``: a delivered message's priority as the job's."""
+    return _mirror(delivered_priority)
+
+
+def _mirror(priority: int) -> int:
+    # Both scales span MIN_PRIORITY..MAX_PRIORITY in opposite directions, so one mirror maps each
+    # onto the other. A value outside (a message published elsewhere) is held at the nearest end.
+    return MIN_PRIORITY + MAX_PRIORITY - max(MIN_PRIORITY, min(MAX_PRIORITY, priority))
 
 
 def restore_interval_s(visibility_timeout_s: float) -> int:
@@ -59,7 +87,10 @@ def make_celery(settings: Settings) -> Celery:
         "unacked_restore_interval": restore_interval_s(settings.visibility_timeout_s),
         "unacked_restore_throttle": 1,
         "priority_steps": PRIORITY_STEPS,
-        "sep": ":",
+        # kombu's own separator (priority list names, exchange binding tables), not a custom
+        # one: a plain `celery -b redis://... inspect ping` writes its reply binding with the
+        # default, and a worker with another separator could not read it, so never replied.
+        "sep": REDIS_SEP,
         "queue_order_strategy": "priority",
     }
     if settings.broker_url is None:
@@ -67,6 +98,12 @@ def make_celery(settings: Settings) -> Celery:
         transport_options.update(
             data_folder_in=folder, data_folder_out=folder, control_folder=folder
         )
+    if settings.broker_url is not None and settings.resolved_broker_url.startswith(
+        ("redis://", "rediss://")
+    ):
+        # kombu's Redis transport, but a bad entry goes to a dead-letter list instead of
+        # stopping the worker (taskqueue.dead_letters).
+        app.conf.broker_transport = "taskqueue.dead_letters:Transport"
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -81,8 +118,8 @@ def make_celery(settings: Settings) -> Celery:
         # Ack after the job's result is recorded; a crashed worker's jobs are redelivered.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_default_priority=broker_priority(PRIORITY_VALUES["normal"]),
-        task_queue_max_priority=9,
+        task_default_priority=broker_priority(DEFAULT_PRIORITY),
+        task_queue_max_priority=MAX_PRIORITY,
         task_create_missing_queues=True,
         # Events let Flower and `celery events` watch the fleet.
         worker_send_task_events=True,
@@ -105,7 +142,7 @@ def model_queue_named(name: str) -> Queue:
     in Redis but declares only once per process, so after Redis lost its data a long-lived
     publisher (a worker handing jobs back) would route into nothing, silently.
     """
-    return Queue(name, Exchange(""), routing_key=name, max_priority=9)
+    return Queue(name, Exchange(""), routing_key=name, max_priority=MAX_PRIORITY)
 
 
 def publish_jobs(
@@ -175,3 +212,23 @@ def queue_depths(app: Celery, models: Sequence[str]) -> dict[str, int]:
             except connection.channel_errors:
                 depths[name] = 0
     return depths
+
+
+def __getattr__(name: str) -> Celery:
+    """``taskqueue.app.app``: the app of this process's settings, built on first use, so that
+    Celery's own tools find it: ``celery -A taskqueue.app inspect active``, ``celery -A
+    taskqueue.app events``, ``celery -A taskqueue.app flower``."""
+    if name in ("app", "celery"):
+        global _cli_app
+        if _cli_app is None:
+            from core.settings import get_settings
+
+            _cli_app = make_celery(get_settings())
+            # The worker registers loopfree.generate with its batching options; the tools only
+            # need its name, for `inspect registered` and routing.
+            _cli_app.set_current()
+        return _cli_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_cli_app: Celery | None = None

@@ -24,6 +24,9 @@ from celery.utils.time import timezone
 from celery_batches import Batches, SimpleRequest
 from kombu.asynchronous.timer import to_timestamp
 
+from core.jobspec import DEFAULT_PRIORITY
+from taskqueue.app import job_priority
+
 log = logging.getLogger(__name__)
 
 
@@ -136,8 +139,8 @@ def jobs_from(requests: Sequence[SimpleRequest]) -> dict[str, int]:
             log.error("dropping malformed message %s (args=%.200r): %s", request.id, args, error)
             continue
         # delivery_info has the broker's priority (0 = served first); ours is its mirror image.
-        broker_priority = (request.delivery_info or {}).get("priority")
-        jobs[job_id] = 9 - broker_priority if isinstance(broker_priority, int) else 5
+        delivered = (request.delivery_info or {}).get("priority")
+        jobs[job_id] = job_priority(delivered) if isinstance(delivered, int) else DEFAULT_PRIORITY
     return jobs
 
 

@@ -70,7 +70,8 @@ class MessageTemplate:
         from taskqueue.app import GENERATE_TASK, model_queue_named
 
         queue = model_queue_named(queue_name)
-        with app.connection_for_write("memory://") as connection:
+        # transport= as well: the app's broker_transport (taskqueue.dead_letters) would win.
+        with app.connection_for_write("memory://", transport="memory") as connection:
             channel = connection.default_channel
             queue(channel).declare()
             app.signature(GENERATE_TASK).clone(args=(PLACEHOLDER_ID,)).apply_async(
@@ -193,6 +194,101 @@ def job_ids_in_broker(app: Celery, queue_names: Iterable[str]) -> set[str]:
         client.close()
     ids.discard("")
     return ids
+
+
+@dataclass(frozen=True)
+class BrokerView:
+    """What Redis holds for the reconciler: ids with a message waiting in a queue, and the
+    delivered-but-unacknowledged messages per job id as ``(delivery tag, delivered at)``."""
+
+    waiting: set[str]
+    unacked: dict[str, list[tuple[str, float]]]
+
+    def has_live_message(self, job_id: str, *, delivered_after: float) -> bool:
+        """Whether ``job_id`` has a message that can still reach a worker: one waiting, or one
+        delivered after ``delivered_after`` (its worker may still be working through it).
+
+        An older unacknowledged message counts as lost: kombu returns it to the queue only after
+        the visibility timeout (an hour), and the reconciler cannot tell a dead worker's entry
+        from a slow live one's. Publishing again is safe either way (claims are guarded)."""
+        if job_id in self.waiting:
+            return True
+        return any(at > delivered_after for _tag, at in self.unacked.get(job_id, ()))
+
+    def stale_tags(self, job_ids: Iterable[str], *, delivered_before: float) -> list[str]:
+        """Delivery tags of the unacknowledged messages of ``job_ids`` delivered before then."""
+        return [
+            tag
+            for job_id in job_ids
+            for tag, at in self.unacked.get(job_id, ())
+            if at <= delivered_before
+        ]
+
+
+def read_broker(app: Celery, queue_names: Iterable[str]) -> BrokerView:
+    """The messages of ``queue_names`` waiting in Redis, and every unacknowledged one with the
+    time kombu delivered it (its ``unacked_index`` score). Entries that are not ours (not JSON,
+    no job id) are skipped: the worker's dead-letter path deals with those."""
+    options = app.conf.broker_transport_options
+    steps, sep = list(options["priority_steps"]), options["sep"]
+    unacked_key = options.get("unacked_key", "unacked")
+    index_key = options.get("unacked_index_key", "unacked_index")
+    waiting: set[str] = set()
+    unacked: dict[str, list[tuple[str, float]]] = {}
+    client = _client(app)
+    try:
+        for queue in queue_names:
+            for key in dict.fromkeys(redis_list(queue, step, steps, sep) for step in steps):
+                for start in range(0, client.llen(key), 10_000):
+                    for raw in client.lrange(key, start, start + 9_999):
+                        waiting.add(_safe_job_id(raw, envelope=False))
+        delivered = {
+            tag.decode() if isinstance(tag, bytes) else tag: at
+            for tag, at in client.zrange(index_key, 0, -1, withscores=True)
+        }
+        for tag, raw in client.hscan_iter(unacked_key, count=10_000):
+            tag = tag.decode() if isinstance(tag, bytes) else tag
+            job_id = _safe_job_id(raw, envelope=True)
+            if job_id:
+                # No index entry: kombu writes both in one pipeline, so treat it as just delivered.
+                unacked.setdefault(job_id, []).append((tag, delivered.get(tag, float("inf"))))
+    finally:
+        client.close()
+    waiting.discard("")
+    return BrokerView(waiting, unacked)
+
+
+def forget_unacked(app: Celery, tags: Iterable[str]) -> int:
+    """Drop unacknowledged entries whose jobs were published again, so kombu does not restore a
+    second copy after the visibility timeout (harmless, but it would keep the broker from
+    draining). A live worker acking a forgotten entry later deletes nothing, which kombu allows."""
+    options = app.conf.broker_transport_options
+    unacked_key = options.get("unacked_key", "unacked")
+    index_key = options.get("unacked_index_key", "unacked_index")
+    tags = list(tags)
+    if not tags:
+        return 0
+    client = _client(app)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for start in range(0, len(tags), 1_000):
+            chunk = tags[start : start + 1_000]
+            pipe.hdel(unacked_key, *chunk)
+            pipe.zrem(index_key, *chunk)
+        results = pipe.execute()
+    finally:
+        client.close()
+    return int(sum(results[0::2]))
+
+
+def _safe_job_id(raw: bytes | str, *, envelope: bool) -> str:
+    try:
+        message = json.loads(raw)
+        if envelope:
+            message = message[0]
+        return _job_id(message) if isinstance(message, dict) else ""
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        return ""
 
 
 def _client(app: Celery):

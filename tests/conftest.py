@@ -2,7 +2,8 @@
 
 No mocks: databases are real PostgreSQL databases and SQLite files, S3 is a moto server answering
 HTTP on a loopback port. When PostgreSQL or Redis cannot be reached the fixtures skip locally but
-fail under CI (``CI=true``), so a broken CI service can never turn into a green run of skips.
+fail under CI (``CI=true``), so a broken CI service can never turn into a green run of skips. The
+services themselves come from ``tests/harness.py``, which the benchmarks use too.
 
 Environment overrides: ``LOOPFREE_TEST_PG_ADMIN_URL`` (a database to run CREATE DATABASE from),
 ``LOOPFREE_TEST_REDIS_URL`` (a Redis database the tests may flush).
@@ -10,31 +11,41 @@ Environment overrides: ``LOOPFREE_TEST_PG_ADMIN_URL`` (a database to run CREATE 
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
 from storage.objects import ObjectStore, open_store
-
-PG_ADMIN_URL = os.environ.get(
-    "LOOPFREE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.harness import (
+    PG_ADMIN_URL,
+    S3_TEST_ENV,
+    MotoServer,
+    RedisServer,
+    aws_test_env,
+    free_port,
+    swapped_environ,
+    throwaway_database,
 )
-REDIS_URL = os.environ.get("LOOPFREE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
-# Static test credentials for the moto server; nothing real is ever signed with them.
-S3_TEST_ENV = {
-    "AWS_ACCESS_KEY_ID": "loopfree-test",
-    "AWS_SECRET_ACCESS_KEY": "loopfree-test-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance-metadata lookup
-}
+if TYPE_CHECKING:
+    import redis
+
+__all__ = [
+    "PG_ADMIN_URL",
+    "REDIS_URL",
+    "free_port",
+    "private_redis",
+    "redis_client",
+    "service_missing",
+]
+
+REDIS_URL = os.environ.get("LOOPFREE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def service_missing(what: str, detail: object) -> None:
@@ -43,13 +54,6 @@ def service_missing(what: str, detail: object) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message} (CI=true: required)")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released; fine for tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- SQL databases ------------------------------------------------------------------------------
@@ -69,30 +73,19 @@ def pg_admin() -> Iterator[psycopg.Connection]:
 @pytest.fixture()
 def pg_url(pg_admin: psycopg.Connection) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
-    name = f"loopfree_test_{uuid.uuid4().hex[:12]}"
-    pg_admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _pg_url_for(name)
-    finally:
-        # FORCE: an engine the test forgot to dispose must not keep the database alive.
-        pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(PG_ADMIN_URL, admin=pg_admin, migrate=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def _pg_migrated_database(pg_admin: psycopg.Connection) -> Iterator[tuple[str, psycopg.Connection]]:
     """One PostgreSQL database per session, migrated to head once; ``migrated_pg_url`` empties it
     before each test (a TRUNCATE takes milliseconds, a new database plus migrations ~0.3 s)."""
-    from migrations.runner import upgrade
-
-    name = f"loopfree_test_{uuid.uuid4().hex[:12]}"
-    pg_admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = _pg_url_for(name)
-        upgrade(url)
-        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection:
-            yield url, connection
-    finally:
-        pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        throwaway_database(PG_ADMIN_URL, admin=pg_admin) as url,
+        psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as connection,
+    ):
+        yield url, connection
 
 
 @pytest.fixture()
@@ -108,13 +101,6 @@ def migrated_pg_url(_pg_migrated_database: tuple[str, psycopg.Connection]) -> st
     tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
     connection.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
     return url
-
-
-def _pg_url_for(name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
-    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture()
@@ -148,16 +134,23 @@ def migrated_db_url(request: pytest.FixtureRequest) -> str:
 # -- Redis --------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def redis_url() -> Iterator[str]:
-    """A Redis database, flushed before and after the test."""
+def redis_client(url: str = REDIS_URL) -> redis.Redis:
+    """A client of the Redis at ``url`` that has answered a PING (else skip, or fail under CI)."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
         client.ping()
     except redis.RedisError as exc:
-        service_missing(f"Redis at {REDIS_URL}", exc)
+        client.close()
+        service_missing(f"Redis at {url}", exc)
+    return client
+
+
+@pytest.fixture()
+def redis_url() -> Iterator[str]:
+    """A Redis database, flushed before and after the test."""
+    client = redis_client(REDIS_URL)
     client.flushdb()
     try:
         yield REDIS_URL
@@ -166,36 +159,43 @@ def redis_url() -> Iterator[str]:
         client.close()
 
 
+@contextlib.contextmanager
+def private_redis(folder: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of its own on a free port (a test may restart, flush or kill it),
+    killed on exit."""
+    server = RedisServer(folder)
+    try:
+        server.start()
+    except (FileNotFoundError, AssertionError) as error:
+        service_missing("a private redis-server", error)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis server for this test: see ``private_redis``."""
+    with private_redis(tmp_path / "redis") as server:
+        yield server
+
+
 # -- S3 -----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Test credentials in the environment, and no AWS profile or config file from the host."""
-    missing = str(tmp_path_factory.mktemp("aws") / "none")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in S3_TEST_ENV.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_CONFIG_FILE", missing)
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
+    with swapped_environ(aws_test_env(str(tmp_path_factory.mktemp("aws") / "none"))):
         yield dict(S3_TEST_ENV)
 
 
 @pytest.fixture(scope="session")
 def s3_server(s3_env: dict[str, str]) -> Iterator[str]:
     """A moto S3 server on a free loopback port for the whole session; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in test output
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with MotoServer() as server:
+        yield server.url
 
 
 @pytest.fixture()

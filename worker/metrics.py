@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -52,6 +54,42 @@ class WorkerMetrics:
         )
         self.model_load = Gauge("loopfree_model_load_seconds", "Time to load the model", registry=r)
         self.busy = Gauge("loopfree_worker_busy", "1 while a batch is in hand", registry=r)
+        self.paused = Gauge(
+            "loopfree_worker_paused",
+            "1 while an object-store or database outage pauses claiming (worker.outage)",
+            registry=r,
+        )
+        self.text_cache_hits = Counter(
+            "loopfree_text_cache_hits",
+            "Prompts served from the text-embedding cache or a batch-mate",
+            registry=r,
+        )
+        self.text_cache_misses = Counter(
+            "loopfree_text_cache_misses", "Prompts that went through the text encoder", registry=r
+        )
+        # Jobs this process recorded as succeeded: the worker registry's ``images_done``.
+        self._succeeded = 0
+        self._lock = threading.Lock()
+
+    @property
+    def succeeded(self) -> int:
+        return self._succeeded
+
+    def watch_busy(self, held: Callable[[], Sized]) -> None:
+        """``loopfree_worker_busy`` is read at scrape time from ``held`` (the jobs in hand), so it
+        is exact whenever Prometheus looks, with no bookkeeping on the hot path."""
+        self.busy.set_function(lambda: 1.0 if len(held()) else 0.0)
+
+    def watch_paused(self, paused: Callable[[], bool]) -> None:
+        """``loopfree_worker_paused`` is read at scrape time from ``paused`` (the outage gate)."""
+        self.paused.set_function(lambda: 1.0 if paused() else 0.0)
+
+    def text_encoded(self, prompts: int, encoded: int, seconds: float | None) -> None:
+        """One call of the text-embedding cache: ``encoded`` of ``prompts`` were cache misses."""
+        self.text_cache_hits.inc(prompts - encoded)
+        self.text_cache_misses.inc(encoded)
+        if seconds is not None:
+            self.text_encoding.observe(seconds)
 
     @classmethod
     def disabled(cls) -> WorkerMetrics:
@@ -75,6 +113,9 @@ class WorkerMetrics:
 
     def job_done(self, model: str, status: str, queue_wait_s: float | None) -> None:
         self.jobs.labels(model, status).inc()
+        if status == "succeeded":
+            with self._lock:
+                self._succeeded += 1
         if queue_wait_s is not None:
             self.queue_wait.observe(queue_wait_s)
 

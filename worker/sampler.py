@@ -8,7 +8,14 @@ another, all N of them run as one batch. The N noise predictions are then chaine
 updates, starting from the initial noise, and the VAE decodes the result.
 
 Reading order, next to the paper: ``encode_text`` -> ``initial_latents`` -> ``run_encoder``
-(once) -> ``run_decoder`` (per timestep, in parallel) -> ``ddim_chain`` -> ``decode_images``.
+(once) -> ``run_decoder`` (per timestep, in parallel) -> ``ddim_chain`` -> ``decode_images``;
+then ``to_host`` copies the pixels to host memory.
+
+On a GPU three things change how the work is laid out, never what it computes: the VAE decodes
+as many images per call as its memory budget allows; with compiled modules, a batch is padded up
+to the next bucket size (1, 2, 4, 8, ...) so compiled graphs are reused, and the padding rows are
+dropped before the images leave; and the copy of the pixels to host memory runs on a side stream
+while the next batch starts (``HostImages``).
 
 Unlike the reference implementation, which handles one image at a time, a call here takes B prompts
 and runs the decoder on N x B samples at once (timestep-major). Every image depends only on its own
@@ -24,9 +31,10 @@ from typing import Literal
 import torch
 from diffusers import DDIMScheduler
 
+from core.jobspec import DEFAULT_STEPS
+from worker.budget import DEFAULT_VAE_BUDGET, vae_chunk
 from worker.models import LoopfreeModel
 
-DEFAULT_STEPS = 4
 DecoderMode = Literal["parallel", "sequential"]
 
 
@@ -47,21 +55,70 @@ class EncoderFeatures:
 
 
 @dataclass(frozen=True)
+class HostImages:
+    """A batch's pixels in host memory, perhaps still being copied there from the GPU.
+
+    On CUDA the copy runs on a side stream into pinned memory, and ``copied`` is recorded after
+    it: whoever reads the pixels (an upload thread) waits on that event, while the GPU already
+    runs the next batch. On the CPU the pixels are host memory already and ``copied`` is None.
+    """
+
+    buffer: torch.Tensor  # (B, H, W, 3) uint8, contiguous
+    copied: torch.cuda.Event | None = None
+
+    def wait(self) -> torch.Tensor:
+        """The pixels, once they are all in host memory."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.buffer
+
+
+@dataclass(frozen=True)
 class SampleResult:
-    images: torch.Tensor  # (B, H, W, 3) uint8 on the CPU
+    host: HostImages
     encoder_calls: int  # always 1 per batch: the point of TiUE, counted so tests can check it
     decoder_calls: int
+    vae_note: str | None = None  # set when the tiny VAE decoded: not the reference images
+
+    @property
+    def images(self) -> torch.Tensor:
+        """(B, H, W, 3) uint8 in host memory; waits for the copy from the GPU."""
+        return self.host.wait()
 
 
 class TiUESampler:
     """Runs Loopfree models: one UNet-encoder pass, N parallel decoder passes, a DDIM chain.
 
-    Not thread-safe: one sampler serves one sampling thread (the worker has exactly one).
+    Thread contract. The sampler holds no lock; callers keep to this:
+
+    - ``sample`` (and the steps it is made of) uses the UNet, the VAE and the cached schedulers:
+      one thread at a time. The worker holds its GPU lock around every call
+      (``worker.rendering``).
+    - ``encode_text`` uses only the tokenizer and the text encoder, which ``sample`` never
+      touches: one thread at a time, but it may run while another thread is in ``sample``. The
+      worker calls it only through ``worker.text.TextEncoderCache``, under the cache's lock, so
+      the next batch's text is encoded while this one samples.
+    - ``generate`` is both, for single-threaded callers (the CLI, benchmarks, the worker's
+      warm-up before its threads start).
+
+    Nothing is written to the model's modules after loading, so on CUDA the two threads' kernels
+    simply queue on the device; on a CPU they share its cores.
     """
 
-    def __init__(self, model: LoopfreeModel) -> None:
+    def __init__(
+        self,
+        model: LoopfreeModel,
+        *,
+        vae_budget: int | None = None,
+        pad_to_buckets: bool | None = None,
+    ) -> None:
+        """``vae_budget``: image pixels per VAE decode call (default 16 images at 512 px).
+        ``pad_to_buckets``: pad batches to a power of two; default on for compiled models."""
         self.model = model
+        self.vae_budget = vae_budget or DEFAULT_VAE_BUDGET
+        self.pad_to_buckets = model.compiled if pad_to_buckets is None else pad_to_buckets
         self._schedulers: dict[int, DDIMScheduler] = {}
+        self._copy_stream: torch.cuda.Stream | None = None
 
     # -- 1. text --------------------------------------------------------------------------------
 
@@ -209,10 +266,11 @@ class TiUESampler:
 
     @torch.no_grad()
     def decode_images(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """VAE-decode and map [-1, 1] to uint8 RGB, (B, H, W, 3) on the CPU.
+        """VAE-decode and map [-1, 1] to uint8 RGB, (B, H, W, 3) on the model's device.
 
         ``chunk`` images per VAE call: the VAE's activations at full resolution are the largest
-        of the whole sampler, so the memory-bounded modes decode in slices.
+        of the whole sampler, so a batch is decoded in slices that fit the VAE budget. (The tiny
+        VAE takes the same latents and also returns [-1, 1]; its scaling factor is 1.)
         """
         vae = self.model.vae
         scaled = (latents / vae.config.scaling_factor).to(vae.dtype)
@@ -220,7 +278,36 @@ class TiUESampler:
             [vae.decode(part).sample.float() for part in scaled.split(chunk or len(scaled))]
         )
         pixels = (decoded * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).cpu()
+        # Contiguous once per batch (on the device), so upload threads get plain row-major views.
+        return pixels.permute(0, 2, 3, 1).contiguous()
+
+    # -- 6. to host memory ----------------------------------------------------------------------
+
+    def to_host(self, pixels: torch.Tensor) -> HostImages:
+        """Start the copy of ``pixels`` to host memory; return once the GPU has computed them.
+
+        On CUDA: a pinned buffer, filled with ``non_blocking=True`` on a side stream that first
+        waits for the sampling kernels; the event recorded after the copy is what readers wait
+        on. Then this waits only for the sampling kernels, not for the copy, so the caller can
+        release the GPU and start the next batch while the pixels travel. On the CPU the pixels
+        are already in host memory.
+        """
+        if pixels.device.type != "cuda":
+            return HostImages(pixels)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(pixels.device)
+        compute = torch.cuda.current_stream(pixels.device)
+        buffer = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+        self._copy_stream.wait_stream(compute)
+        with torch.cuda.stream(self._copy_stream):
+            buffer.copy_(pixels, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(self._copy_stream)
+        # The caching allocator must not hand ``pixels``' memory to the next batch before the
+        # side stream has read it.
+        pixels.record_stream(self._copy_stream)
+        compute.synchronize()
+        return HostImages(buffer, copied)
 
     # -- the whole thing ------------------------------------------------------------------------
 
@@ -250,22 +337,34 @@ class TiUESampler:
         chunk = decoder_chunk or (len(timesteps) if mode == "parallel" else 1)
 
         latents = self.initial_latents(seeds, height, width)
-        features = self.run_encoder(latents, text.hidden_states, timesteps[0])
+        hidden_states = text.hidden_states
+        real = latents.shape[0]
+        if self.pad_to_buckets:
+            # Compiled graphs are per shape: pad with copies of the last row up to the bucket,
+            # and drop the copies' images at the end. No image depends on its batch-mates.
+            latents = _pad_rows(latents, bucket_size(real))
+            hidden_states = _pad_rows(hidden_states, bucket_size(real))
+        features = self.run_encoder(latents, hidden_states, timesteps[0])
         batch = latents.shape[0]
         noise_predictions: list[torch.Tensor] = []
         decoder_calls = 0
         for start in range(0, len(timesteps), chunk):
             chunk_timesteps = timesteps[start : start + chunk]
-            predicted = self.run_decoder(features, text.hidden_states, chunk_timesteps)
+            predicted = self.run_decoder(features, hidden_states, chunk_timesteps)
             noise_predictions.extend(predicted.split(batch))
             decoder_calls += 1
         latents = self.ddim_chain(scheduler, latents, noise_predictions, timesteps)
-        # Parallel mode decodes the batch at once; the memory-bounded modes one image at a time.
-        vae_chunk = None if chunk == len(timesteps) else 1
+        # As many images per VAE call as its budget allows, in every mode; a power of two when
+        # padding, so each slice of the padded batch is itself a bucket.
+        images_per_call = vae_chunk(self.vae_budget, height, width)
+        if self.pad_to_buckets:
+            images_per_call = 1 << (images_per_call.bit_length() - 1)
+        pixels = self.decode_images(latents, images_per_call)[:real]
         return SampleResult(
-            images=self.decode_images(latents, vae_chunk),
+            host=self.to_host(pixels),
             encoder_calls=1,
             decoder_calls=decoder_calls,
+            vae_note=self.model.vae_note,
         )
 
     def generate(
@@ -281,6 +380,19 @@ class TiUESampler:
         width = width or self.model.default_size
         text = self.encode_text(prompts)
         return self.sample(text, seeds, height, width, **options), text.truncated  # type: ignore[arg-type]
+
+
+def bucket_size(batch: int) -> int:
+    """The batch size a compiled sampler runs ``batch`` jobs at: the next power of two."""
+    return 1 << (batch - 1).bit_length()
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor`` with copies of its last row appended up to ``rows`` rows."""
+    missing = rows - tensor.shape[0]
+    if missing <= 0:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
 
 
 def _tile(tensor: torch.Tensor, times: int) -> torch.Tensor:

@@ -25,12 +25,15 @@ from core.settings import Settings
 from storage import jobs as job_store
 from storage.db import make_engine, session_scope
 from storage.models import Job
-from storage.objects import open_store
+from storage.objects import store_for
 from storage.uploads import UploadPool
 from taskqueue.app import make_celery, model_queue, publish_jobs
 from taskqueue.batches import MaxWaitBatches
-from worker.batch import BatchRunner
+from worker.batch import BatchRunner, Outlets, RunnerOptions
 from worker.metrics import WorkerMetrics
+from worker.outage import DATABASE
+from worker.reconciling import start_reconcile_loop
+from worker.registry import Registration
 from worker.tasks import register_generate_task
 
 log = logging.getLogger(__name__)
@@ -57,10 +60,15 @@ class WorkerRuntime:
     name: str
     queue: str
     stop_heartbeat: threading.Event
+    registration: Registration
 
     def close(self) -> None:
+        """After the last delivery: stop heart-beating, finish what the deliveries touched
+        (submissions, webhooks), let the last uploads end, leave the worker registry."""
         self.stop_heartbeat.set()
+        self.runner.close()
         self.uploads.close()
+        self.registration.retire()
 
 
 def worker_name(model: str) -> str:
@@ -69,19 +77,22 @@ def worker_name(model: str) -> str:
 
 def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime:
     """Load the model and connect to the database, store and broker named by ``settings``."""
+    from taskqueue.versions import check_versions
     from worker.models import load_model
     from worker.sampler import TiUESampler
 
+    check_versions()  # before the model loads: celery-batches/kombu internals we checked
     model = canonical_model(model or settings.model)
     loaded = load_model(
-        model, device=settings.device, dtype=settings.dtype, compile=settings.compile
+        model,
+        device=settings.device,
+        dtype=settings.dtype,
+        compile=settings.compile,
+        channels_last=settings.channels_last,
+        tiny_vae=settings.tiny_vae if settings.vae == "tiny" else None,
     )
     engine = make_engine(settings.resolved_database_url)
-    store = open_store(
-        settings.resolved_storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-    )
+    store = store_for(settings)
     app = make_celery(settings)
     metrics = WorkerMetrics()
     metrics.model_load.set(loaded.load_seconds)
@@ -92,31 +103,47 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
         publish_jobs(app, [(job.id, job.model, job.priority) for job in jobs], countdown=countdown)
 
     runner = BatchRunner(
-        sampler=TiUESampler(loaded),
-        engine=engine,
-        store=store,
-        uploads=uploads,
+        TiUESampler(loaded, vae_budget=settings.vae_budget),
+        Outlets(engine=engine, store=store, uploads=uploads, publish=publish),
         worker_name=name,
-        publish=publish,
-        max_batch=settings.max_batch,
-        max_attempts=settings.max_attempts,
-        stuck_after_s=settings.stuck_after_s,
-        record_timeout_s=settings.db_retry_s,
-        decoder_chunk=settings.decoder_chunk,
+        options=RunnerOptions.from_settings(settings),
         metrics=metrics,
     )
-    check_visibility_timeout(runner, settings)
+    try:
+        check_visibility_timeout(runner, settings)
+    except BaseException:
+        runner.close()
+        uploads.close()
+        raise
     logging.getLogger("celery.worker.consumer.consumer").addFilter(_BAD_MESSAGE_FILTER)
     register_generate_task(
         app, runner, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms
     )
+    metrics.watch_busy(runner.held_job_ids)
+    runner.gate.on_open(lambda dependency: _beat_after_outage(runner, dependency))
+    queue = model_queue(model).name
+    registration = Registration(
+        engine,
+        settings,
+        name=name,
+        model=model,
+        queue=queue,
+        device=str(loaded.device),
+        images_done=lambda: metrics.succeeded,
+        jobs_in_hand=lambda: len(runner.held_job_ids()),
+    )
+    # Announced once the model is loaded and warmed up: from now on `submit` may count on it.
+    registration.announce()
     stop = threading.Event()
     threading.Thread(
-        target=_heartbeat_loop, args=(runner, settings.heartbeat_s, stop), daemon=True
+        target=_heartbeat_loop,
+        args=(runner, settings.heartbeat_s, stop, registration),
+        daemon=True,
     ).start()
-    return WorkerRuntime(
-        settings, app, runner, uploads, metrics, name, model_queue(model).name, stop
-    )
+    # Every worker takes its turn reconciling, so a dead worker's jobs come back in under a
+    # minute without an operator (worker.reconciling).
+    start_reconcile_loop(engine, app, settings, name, stop)
+    return WorkerRuntime(settings, app, runner, uploads, metrics, name, queue, stop, registration)
 
 
 class _NoTracebackForBadMessages(logging.Filter):
@@ -175,18 +202,32 @@ def check_visibility_timeout(runner: BatchRunner, settings: Settings) -> None:
         )
 
 
-def _heartbeat_loop(runner: BatchRunner, interval: float, stop: threading.Event) -> None:
+def _heartbeat_loop(
+    runner: BatchRunner, interval: float, stop: threading.Event, registration: Registration
+) -> None:
     # Only the jobs a delivery holds right now: a job this worker claimed and then dropped must go
     # stale, or it would look busy for as long as the worker lives.
     while not stop.wait(interval):
+        registration.beat()  # the worker itself is alive, busy or idle
         held = runner.held_job_ids()
         if not held:
             continue
         try:
-            with session_scope(runner.engine) as session:
+            with session_scope(runner.outlets.engine) as session:
                 job_store.heartbeat(session, runner.worker_name, job_ids=held)
         except Exception as error:  # noqa: BLE001 - a missed heartbeat must not kill the worker
             log.warning("heartbeat failed: %s", error)
+
+
+def _beat_after_outage(runner: BatchRunner, dependency: str) -> None:
+    """The database is back after an outage (``worker.outage``): beat the held jobs at once
+    rather than up to a heartbeat later, so a reconcile pass right after the outage finds them
+    fresh and leaves them to this worker instead of taking them for a dead worker's."""
+    held = runner.held_job_ids()
+    if dependency != DATABASE or not held:
+        return
+    with session_scope(runner.outlets.engine) as session:
+        job_store.heartbeat(session, runner.worker_name, job_ids=held)
 
 
 def pool_options(max_batch: int) -> dict[str, object]:

@@ -18,9 +18,11 @@ from celery.signals import worker_shutting_down
 from celery_batches import SimpleRequest
 
 from core.errors import BrokerUnavailable, RetryableError
+from taskqueue import visibility
 from taskqueue.app import GENERATE_TASK, publish_jobs
 from taskqueue.batches import batch_task_options, jobs_from
-from worker.batch import BatchRunner, backoff_seconds
+from worker.batch import BatchRunner
+from worker.retrying import backoff_seconds
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +35,29 @@ def register_generate_task(
 
     def on_shutting_down(**_: object) -> None:
         stopping.set()
+        runner.gate.stop()  # deliveries paused by an outage hand their jobs back, too
         log.info("warm shutdown: the batches in hand finish, the rest go back to the broker")
 
     worker_shutting_down.connect(on_shutting_down, weak=False)
+
+    visibility.install()
 
     @app.task(
         name=GENERATE_TASK, **batch_task_options(max_batch=max_batch, max_wait_ms=max_wait_ms)
     )
     def generate(requests: Sequence[SimpleRequest]) -> None:
+        # `celery inspect active` and Flower see the batch's messages while it runs.
+        with visibility.in_flight([request.id for request in requests]) as flight:
+            handle(requests, flight)
+
+    def handle(requests: Sequence[SimpleRequest], flight: visibility.Flight) -> None:
         jobs = jobs_from(requests)
         if not jobs:
             return
-        if stopping.is_set():
+        # During a store or database outage the delivery waits here, before claiming anything
+        # (worker.outage): blocking this pool thread is what stops the consumer taking more,
+        # since the prefetch window is a fixed number of whole batches (late acks).
+        if not runner.gate.wait_open() or stopping.is_set():
             log.info("shutting down: handing %d jobs back to the broker", len(jobs))
             redeliver(app, runner, jobs, countdown=None)
             return
@@ -55,8 +68,10 @@ def register_generate_task(
             # and these messages are acked on return. Send the jobs again, late enough for any
             # this delivery claimed to look abandoned and be taken over.
             log.error("batch of %d jobs gave up (%s); publishing them again", len(jobs), error)
-            redeliver(app, runner, jobs, countdown=runner.stuck_after_s + backoff_seconds(1))
+            countdown = runner.options.stuck_after_s + backoff_seconds(1)
+            redeliver(app, runner, jobs, countdown=countdown)
             return
+        flight.fail(report.failed, "the job failed; `loopfree status JOB_ID` has its error")
         log.info(
             "batch %s: %d delivered, %d ran in groups %s, %d succeeded, %d failed, %d retried",
             report.batch_id,

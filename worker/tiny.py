@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 Shape = Literal["tiny", "small", "sd15"]
@@ -128,6 +128,31 @@ ARCHITECTURES: dict[Shape, Architecture] = {
         ),
     ),
 }
+
+
+# AutoencoderTiny (TAESD) layouts for ``LOOPFREE_VAE=tiny``: the "tiny" one for tests, and TAESD's
+# own (diffusers' defaults) so the SD1.5-shaped benchmark decodes at TAESD's real cost.
+TINY_VAE_ARCHITECTURES: dict[Shape, dict] = {
+    "tiny": dict(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    ),
+    "small": dict(
+        encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32),
+    ),
+    "sd15": dict(),
+}
+
+
+def make_tiny_vae(folder: Path, shape: Shape = "tiny", seed: int = 0) -> Path:
+    """Write a random-weight AutoencoderTiny folder (what ``madebyollin/taesd`` holds)."""
+    torch.manual_seed(seed)
+    vae = AutoencoderTiny(in_channels=3, out_channels=3, **TINY_VAE_ARCHITECTURES[shape])
+    vae.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
 
 
 def write_tokenizer(folder: Path) -> None:

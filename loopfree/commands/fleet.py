@@ -137,6 +137,7 @@ def scale(
     typer.echo(plan.recommended_workers)
     typer.echo(plan.reason, err=True)
 
+
 def requeue(
     stuck: Annotated[
         bool, typer.Option(help="Take back jobs of dead workers; republish queued.")
@@ -151,7 +152,33 @@ def requeue(
     typer.echo(json.dumps(result))
 
 
+def dead_letters(
+    clear: Annotated[
+        bool, typer.Option(help="Empty the list after printing how many it held.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Print at most this many, newest first.")] = 20,
+) -> None:
+    """List the broker entries workers set aside because they could not be decoded, had the wrong
+    shape, named a task other than loopfree.generate or were too large (JSON lines: queue,
+    reason, time, the entry). Jobs are never lost this way: `requeue --stuck` republishes any
+    queued job whose message went here."""
+    from taskqueue.app import make_celery
+    from taskqueue.dead_letters import clear_dead_letters, count_dead_letters, list_dead_letters
+    from taskqueue.redis_publish import supports
+
+    app = make_celery(get_settings())
+    if not supports(app.conf.broker_url):
+        typer.echo("dead letters are kept on Redis brokers only; this broker has none", err=True)
+        return
+    if clear:
+        typer.echo(json.dumps({"cleared": clear_dead_letters(app)}))
+        return
+    for letter in list_dead_letters(app, limit=limit):
+        typer.echo(json.dumps(letter))
+    typer.echo(f"{count_dead_letters(app)} dead letters in all", err=True)
+
 
 def register(app: typer.Typer) -> None:
+    app.command("dead-letters")(dead_letters)
     for command in (metrics, scale, requeue):
         app.command()(command)

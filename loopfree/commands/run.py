@@ -40,8 +40,24 @@ def run(
         typer.echo(f"submission {report.submission_id}: {report.jobs} jobs")
         ok = wait_for(settings, report.submission_id)
     typer.echo(f"images: {settings.resolved_storage_url}/{report.submission_id}/")
-    typer.echo(f"list them: loopfree jobs --submission {report.submission_id}")
+    typer.echo(f"list them: {_cli_name()} jobs --submission {report.submission_id[:8]}")
     raise typer.Exit(0 if ok else 1)
+
+
+def _cli_name() -> str:
+    """How the user can run this CLI again: ``loopfree`` when that is on PATH, else the path it
+    was started by (``.venv/bin/loopfree`` after `make demo`, whose venv is not activated)."""
+    import shutil
+    import sys
+
+    started = Path(sys.argv[0])
+    on_path = shutil.which("loopfree")
+    if started.name == "loopfree" and (on_path is None or Path(on_path) != started.absolute()):
+        try:
+            return str(started.absolute().relative_to(Path.cwd()))
+        except ValueError:
+            return str(started.absolute())
+    return "loopfree"
 
 
 def _tiny_model(folder: Path) -> Path:

@@ -23,19 +23,30 @@ class Format(str, Enum):
     csv = "csv"
 
 
-
-def status(identifier: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """A submission's counts by status, or one job's record."""
-    from status.queries import SubmissionStatus, engine_for, lookup
+def status(
+    identifier: Annotated[
+        str, typer.Argument(metavar="ID", help="A submission or job id, or a unique prefix (4+).")
+    ],
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """A submission's counts by status, rate and ETA, or one job's record."""
+    from status.queries import SubmissionStatus, engine_for, format_seconds, lookup
 
     found = lookup(engine_for(get_settings()), identifier)
-    if isinstance(found, SubmissionStatus):
-        typer.echo(f"submission {found.id} ({found.source}), created {found.created_at}")
-        typer.echo(f"jobs: {found.job_count}  done: {found.done}  finished: {found.finished}")
-        for name, count in found.counts.items():
-            typer.echo(f"  {name:<10} {count}")
-    else:
-        typer.echo(json.dumps(found, indent=2))
+    if not isinstance(found, SubmissionStatus):
+        typer.echo(json.dumps({"kind": "job", **found} if json_ else found, indent=2))
+        return
+    if json_:
+        typer.echo(json.dumps({"kind": "submission", **found.as_dict()}, indent=2))
+        return
+    typer.echo(f"submission {found.id} ({found.source}), created {found.created_at}")
+    typer.echo(f"jobs: {found.job_count}  done: {found.done}  finished: {found.finished}")
+    for name, count in found.counts.items():
+        typer.echo(f"  {name:<10} {count}")
+    if found.unserved_models:
+        typer.secho(f"warning: {found.waiting_note()}", fg=typer.colors.YELLOW, err=True)
+    elif found.eta_s is not None and found.images_per_s:
+        typer.echo(f"rate: {found.images_per_s:.2f} images/s  ETA: {format_seconds(found.eta_s)}")
 
 
 def jobs(
@@ -63,17 +74,28 @@ def jobs(
 
         writer = csv.DictWriter(sys.stdout, fieldnames=JOB_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(records)
+        # Nested values (metadata) as JSON, which CSV readers can parse back; not Python's repr.
+        writer.writerows(
+            {
+                key: json.dumps(value) if isinstance(value, dict | list) else value
+                for key, value in record.items()
+            }
+            for record in records
+        )
     else:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("id", "pos", "status", "seed", "size", "prompt", "image / error")
+        table = Table(
+            "id", "submission", "line", "status", "prio", "seed", "size", "prompt", "image / error"
+        )
         for record in records:
             table.add_row(
                 record["id"][:8],
-                str(record["position"]),
+                record["submission_id"][:8],
+                str(record["line_number"]),
                 record["status"],
+                str(record["priority"]),
                 str(record["seed"]),
                 f"{record['width']}x{record['height']}",
                 record["prompt"][:40],
@@ -106,11 +128,18 @@ def stats(
         return
     counts = "  ".join(f"{name}={count}" for name, count in result["counts"].items())
     typer.echo(f"jobs: {counts}")
-    typer.echo(f"last {window:.0f}s: {result['images_per_s']:.2f} images/s")
+    active = result["active_s"]
+    typer.echo(
+        f"last {window:.0f}s: {_fmt(result['active_images_per_s'])} images/s while active "
+        f"({_fmt(active)}s active; {result['images_per_s']:.2f} images/s over the whole window)"
+    )
     for name in ("queue_wait_s", "end_to_end_s"):
         p = result[name]
         typer.echo(f"{name}: p50={_fmt(p['p50'])} p95={_fmt(p['p95'])}")
-    typer.echo(f"mean batch size: {_fmt(result['mean_batch_size'])}")
+    typer.echo(
+        f"mean delivery size: {_fmt(result['mean_batch_size'])}  "
+        f"mean sampler group size: {_fmt(result['mean_group_size'])}"
+    )
 
 
 def _fmt(value: float | None) -> str:
@@ -128,30 +157,77 @@ def cancel(identifier: Annotated[str, typer.Argument(metavar="ID")]) -> None:
 def results(
     identifier: Annotated[str, typer.Argument(metavar="SUBMISSION_ID")],
     download: Annotated[Path | None, typer.Option(help="Save the images into this folder.")] = None,
+    contact_sheet: Annotated[
+        Path | None,
+        typer.Option(help="Draw a JPEG grid of captioned thumbnails (sheet-001.jpg, ... if long)."),
+    ] = None,
+    columns: Annotated[int, typer.Option(help="Contact sheet: tiles per row.")] = 8,
+    thumb: Annotated[int, typer.Option(help="Contact sheet: tile size in pixels.")] = 256,
+    status_: Annotated[
+        list[str] | None,
+        typer.Option("--status", help="Contact sheet: only jobs in this status (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Contact sheet: jobs per sheet.")] = 64,
+    page: Annotated[
+        int | None, typer.Option(help="Contact sheet: write only this sheet (from 1).")
+    ] = None,
 ) -> None:
-    """A JSONL manifest with presigned URLs, or --download DIR to fetch the images."""
+    """A JSONL manifest with presigned URLs, --download DIR to fetch the images, or
+    --contact-sheet FILE.jpg to see them at a glance."""
     from status.queries import results as manifest
 
     settings = get_settings()
+    if contact_sheet is not None:
+        _contact_sheet(identifier, contact_sheet, columns, thumb, status_ or [], limit, page)
+        return
     if download is None:
         for record in manifest(settings, identifier):
             typer.echo(json.dumps(record))
         return
-    from storage.objects import open_store
+    from status.download import sync_results
+    from storage.objects import store_for
 
-    store = open_store(
-        settings.resolved_storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
+    store = store_for(settings)
+    report = sync_results(manifest(settings, identifier), store, download)
+    typer.echo(
+        f"{download}: {report.downloaded} downloaded, {report.unchanged} already there "
+        f"(same sha256), manifest {report.manifest.name}"
     )
-    download.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for record in manifest(settings, identifier):
-        if record["image_uri"]:
-            (download / f"{record['position']:05d}.png").write_bytes(store.get(record["image_uri"]))
-            count += 1
-    typer.echo(f"downloaded {count} image(s) to {download}")
+    for reason, count in sorted(report.not_downloaded.items()):
+        typer.echo(f"  {count} job(s) without an image: {reason}")
 
+
+def _contact_sheet(
+    identifier: str,
+    out: Path,
+    columns: int,
+    thumb: int,
+    statuses: list[str],
+    per_sheet: int,
+    page: int | None,
+) -> None:
+    from status.queries import engine_for, resolve_id
+    from status.sheets import contact_sheets
+    from storage.models import JobStatus
+
+    identifier = resolve_id(engine_for(get_settings()), identifier, kinds=("submission",))
+
+    known = {s.value: s for s in JobStatus}
+    for name in statuses:
+        if name not in known:
+            raise typer.BadParameter(f"unknown status {name!r}; use one of {', '.join(known)}")
+    written = contact_sheets(
+        get_settings(),
+        identifier,
+        out,
+        columns=columns,
+        thumb=thumb,
+        statuses=[known[name] for name in statuses],
+        per_sheet=per_sheet,
+        page=page,
+    )
+    for path in written:
+        typer.echo(str(path))
 
 
 def register(app: typer.Typer) -> None:

@@ -2,41 +2,93 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from core.settings import get_settings
+from core.jobspec import (
+    DEFAULT_IMAGE_FORMAT,
+    DEFAULT_PRIORITY_NAME,
+    DEFAULT_STEPS,
+    IMAGE_FORMATS,
+    PRIORITY_LEVELS,
+)
+from core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from core.jobspec import ParsedJob
+
+# The priority names a job accepts, as typer's choices.
+Priority = Enum("Priority", {name: name for name in PRIORITY_LEVELS}, type=str)
+# The image formats, as typer's choices.
+ImageFormat = Enum("ImageFormat", {name: name for name in IMAGE_FORMATS}, type=str)
 
 
-class Priority(str, Enum):
-    high = "high"
-    normal = "normal"
-    low = "low"
 
+class InputFormat(str, Enum):
+    txt = "txt"
+    jsonl = "jsonl"
+    csv = "csv"
 
 
 def submit(
-    file: Annotated[Path, typer.Argument(help="Prompts: .txt (one per line), .jsonl or .csv.")],
-    model: Annotated[str | None, typer.Option(help="Default model for lines without one.")] = None,
+    file: Annotated[
+        Path,
+        typer.Argument(help="Prompts: .txt (one per line), .jsonl or .csv; - reads stdin."),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model of lines without one (default: LOOPFREE_MODEL's value)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Job i gets SEED+i; random if unset.")] = None,
     height: Annotated[int | None, typer.Option(help="Default height (model's native).")] = None,
     width: Annotated[int | None, typer.Option(help="Default width (model's native).")] = None,
-    steps: Annotated[int, typer.Option(help="Default DDIM steps.")] = 4,
-    priority: Annotated[Priority, typer.Option()] = Priority.normal,
+    steps: Annotated[int, typer.Option(help="Default DDIM steps.")] = DEFAULT_STEPS,
+    priority: Annotated[Priority, typer.Option()] = Priority[DEFAULT_PRIORITY_NAME],
     num_images: Annotated[int, typer.Option(help="Images per prompt line.")] = 1,
+    image_format: Annotated[
+        ImageFormat,
+        typer.Option("--format", help="Image format: png (lossless), webp or jpeg (lossy)."),
+    ] = ImageFormat[DEFAULT_IMAGE_FORMAT],
+    quality: Annotated[
+        int | None, typer.Option(help="Quality 1-100 of webp/jpeg (default 90).")
+    ] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Queue the valid lines anyway.")] = False,
     key: Annotated[
         str | None, typer.Option(help="Idempotency key (default: from file content and options).")
     ] = None,
     webhook: Annotated[str | None, typer.Option(help="POST a JSON summary here when done.")] = None,
     wait: Annotated[bool, typer.Option(help="Follow progress until every job is done.")] = False,
+    input_format: Annotated[
+        InputFormat | None,
+        typer.Option(
+            "--input-format",
+            help="Format of the prompts (default: the file's extension; txt for -).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and report; queue nothing.")
+    ] = False,
+    require_worker: Annotated[
+        bool,
+        typer.Option(
+            "--require-worker",
+            help="Refuse (exit 2, queue nothing) if no live worker serves a model of the file.",
+        ),
+    ] = False,
 ) -> None:
-    """Validate FILE, record its jobs in the database, queue them; prints the submission id."""
+    """Validate FILE, record its jobs in the database, queue them; prints the submission id.
+
+    Warns when no live worker serves a model it queues for (see `loopfree workers`)."""
     from producer.prompts import JobDefaults
-    from producer.submit import submit_file
+    from producer.submit import plan_file, submit_file
 
     settings = get_settings()
     defaults = JobDefaults(
@@ -47,10 +99,30 @@ def submit(
         steps=steps,
         priority=priority.value,
         num_images=num_images,
+        image_format=image_format.value,
+        image_quality=quality,
     )
-    report = submit_file(
-        settings, file, defaults, skip_invalid=skip_invalid, key=key, webhook_url=webhook
-    )
+    format = input_format.value if input_format else None
+    with _prompt_source(file, format) as (path, format):
+        if dry_run:
+            parsed, planned = plan_file(
+                settings, path, defaults, skip_invalid=skip_invalid, format=format
+            )
+            for error in parsed.skipped:
+                typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
+            _report_plan(planned)
+            _check_workers(settings, planned, require=require_worker)
+            return
+        report = submit_file(
+            settings,
+            path,
+            defaults,
+            skip_invalid=skip_invalid,
+            key=key,
+            webhook_url=webhook,
+            format=format,
+            check=lambda jobs: _check_workers(settings, jobs, require=require_worker),
+        )
     for error in report.parse.skipped:
         typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
     if not report.created:
@@ -65,6 +137,52 @@ def submit(
 
         raise typer.Exit(0 if wait_for(settings, report.submission_id) else 1)
 
+
+
+@contextlib.contextmanager
+def _prompt_source(file: Path, format: str | None) -> Iterator[tuple[Path, str | None]]:
+    """``file`` itself, or for ``-`` the standard input in a temporary file named ``stdin``
+    (what the submission's source shows); its content still makes the idempotency key."""
+    if str(file) != "-":
+        yield file, format
+        return
+    with tempfile.TemporaryDirectory(prefix="loopfree-stdin-") as folder:
+        path = Path(folder) / "stdin"
+        path.write_bytes(sys.stdin.buffer.read())
+        yield path, format or "txt"
+
+
+def _report_plan(jobs: list[ParsedJob]) -> None:
+    by_model = Counter(job.spec.model for job in jobs)
+    typer.echo(f"dry run: {len(jobs)} valid job(s), nothing queued")
+    for model, count in sorted(by_model.items()):
+        typer.echo(f"  {count} for {model}")
+
+
+def _check_workers(settings: Settings, jobs: list[ParsedJob], *, require: bool) -> None:
+    """Say loudly, before anything is queued, which models of ``jobs`` no live worker serves:
+    their jobs would wait until one starts. With ``require``, refuse instead."""
+    from core.errors import UserError
+    from storage.db import make_engine, session_scope
+    from storage.workers import models_served
+
+    models = sorted({job.spec.model for job in jobs})
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(engine) as session:
+            unserved = [m for m in models if m not in models_served(session, models)]
+    finally:
+        engine.dispose()
+    if not unserved:
+        return
+    names = ", ".join(unserved)
+    message = (
+        f"no live worker serves {names}; its jobs wait until one starts "
+        f"(`loopfree worker --model {unserved[0]}`; `loopfree workers` lists live ones)"
+    )
+    if require:
+        raise UserError(message + "; nothing was queued (--require-worker)")
+    typer.secho(f"WARNING: {message}", fg=typer.colors.YELLOW, bold=True, err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from core.jobspec import DEFAULT_STEPS
 from core.settings import get_settings
 
 model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
@@ -45,7 +46,9 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed; prompt i of a file gets SEED+i.")] = 0,
     height: Annotated[int | None, typer.Option(help="Pixels; default: the model's.")] = None,
     width: Annotated[int | None, typer.Option(help="Pixels; default: the model's.")] = None,
-    steps: Annotated[int, typer.Option(help="DDIM steps (Loopfree is trained for 4).")] = 4,
+    steps: Annotated[
+        int, typer.Option(help=f"DDIM steps (Loopfree is trained for {DEFAULT_STEPS}).")
+    ] = DEFAULT_STEPS,
     mode: Annotated[Mode, typer.Option(help="Decoder passes in one batch or one by one.")] = (
         Mode.parallel
     ),
@@ -77,8 +80,16 @@ def generate(
     from worker.models import load_model
     from worker.sampler import TiUESampler
 
-    loaded = load_model(model, device=device.value, dtype=settings.dtype)
-    sampler = TiUESampler(loaded)
+    loaded = load_model(
+        model,
+        device=device.value,
+        dtype=settings.dtype,
+        channels_last=settings.channels_last,
+        tiny_vae=settings.tiny_vae if settings.vae == "tiny" else None,
+    )
+    if loaded.vae_note:
+        typer.secho(f"note: images are {loaded.vae_note} (LOOPFREE_VAE=tiny)", err=True)
+    sampler = TiUESampler(loaded, vae_budget=settings.vae_budget)
     specs = [job.spec.resolve_size(loaded.default_size, loaded.default_size) for job in parsed.jobs]
     if prompts_file is not None:
         out.mkdir(parents=True, exist_ok=True)

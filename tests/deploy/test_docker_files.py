@@ -401,7 +401,7 @@ def test_flower_and_prometheus_are_optional_profiles(compose):
     services = compose["services"]
     for name in ("flower", "prometheus"):
         assert services[name].get("profiles"), f"{name} should only start with --profile"
-    for name in ("redis", "postgres", "minio", "migrate", "worker", "exporter", "reconciler"):
+    for name in ("redis", "postgres", "minio", "migrate", "worker", "exporter", "reconciler", "ui"):
         assert not services[name].get("profiles"), f"{name} must start with a plain `up`"
 
 
@@ -535,7 +535,7 @@ def test_every_loopfree_variable_named_in_docker_files_is_a_setting(settings_env
     assert {"LOOPFREE_BROKER_URL", "LOOPFREE_DATABASE_URL", "LOOPFREE_METRICS_PORT"} <= seen
 
 
-@pytest.mark.parametrize("service", ["worker", "exporter", "migrate", "cli", "reconciler"])
+@pytest.mark.parametrize("service", ["worker", "exporter", "migrate", "cli", "reconciler", "ui"])
 def test_compose_service_environment_is_accepted_by_settings(compose, settings_from_env, service):
     env = compose_environment(compose["services"][service])
     settings = settings_from_env(env)

@@ -14,35 +14,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, service_missing
-from tests.fault.fleet import Fleet, fleet_env, migrated_database, new_bucket
-from tests.helpers_processes import RedisServer
+from tests.conftest import PG_ADMIN_URL, private_redis
+from tests.fault.fleet import Fleet, fleet_env
+from tests.harness import Services, new_bucket, throwaway_database
+
+__all__ = ["MakeFleet", "open_fleet", "private_redis"]  # private_redis: fault tests import it here
 from worker.tiny import make_model
 
 
 @pytest.fixture(scope="session")
 def fault_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("fault-models") / "tiny", shape="tiny", seed=1)
-
-
-@contextlib.contextmanager
-def private_redis(folder: Path) -> Iterator[RedisServer]:
-    """A Redis server of its own on a free port, killed on exit."""
-    server = RedisServer(folder)
-    try:
-        server.start()
-    except (FileNotFoundError, AssertionError) as error:
-        service_missing("a private redis-server", error)
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture()
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with private_redis(tmp_path / "redis") as server:
-        yield server
 
 
 @contextlib.contextmanager
@@ -60,17 +42,12 @@ def open_fleet(
     overrides; its workers are killed and its database dropped on exit."""
     with contextlib.ExitStack() as cleanup:
         if database_url is None:
-            database_url = cleanup.enter_context(migrated_database(pg_admin, PG_ADMIN_URL))
-        env = fleet_env(
-            home=folder / "home",
-            database_url=database_url,
-            broker_url=broker_url,
-            storage_url=new_bucket(s3_endpoint),
-            s3_endpoint=s3_endpoint,
-            model=model,
-        )
-        env.update({f"LOOPFREE_{key.upper()}": str(value) for key, value in overrides.items()})
-        fleet = Fleet(folder, env)
+            database_url = cleanup.enter_context(
+                throwaway_database(PG_ADMIN_URL, admin=pg_admin, prefix="loopfree_fault")
+            )
+        bucket = new_bucket(s3_endpoint, prefix="fault")
+        services = Services(database_url, broker_url, bucket, s3_endpoint)
+        fleet = Fleet(folder, fleet_env(services, home=folder / "home", model=model, **overrides))
         cleanup.callback(fleet.close)
         yield fleet
 

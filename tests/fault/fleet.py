@@ -11,7 +11,6 @@ from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 
-import psycopg
 from sqlalchemy import func, select
 
 from producer.prompts import JobDefaults
@@ -19,9 +18,10 @@ from producer.submit import SubmitReport, submit_file
 from storage.db import make_engine, session_scope
 from storage.models import Job, JobStatus
 from storage.objects import open_store
-from taskqueue.app import PRIORITY_STEPS, queue_name
-from tests.helpers_processes import (
+from taskqueue.app import PRIORITY_STEPS, REDIS_SEP, queue_name
+from tests.harness import (
     RedisServer,
+    Services,
     WorkerProcess,
     run_cli,
     settings_from,
@@ -31,66 +31,31 @@ from tests.helpers_processes import (
 OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+# Batches of 4 at most keep the worker's visibility-timeout check satisfied by 30 s on a busy
+# two-core machine; a crashed worker's jobs look abandoned 5 s after its last heartbeat.
+FAST_FAULTS: dict[str, object] = dict(
+    max_batch=4,
+    max_wait_ms=100,
+    upload_workers=4,
+    visibility_timeout_s=30,
+    heartbeat_s=0.5,
+    stuck_after_s=5,
+    max_attempts=3,
+    # Off, so these tests see exactly what the broker and the reconciler they run themselves do;
+    # tests/fault/test_self_healing.py turns the workers' own reconcile loop on.
+    reconcile_interval_s=0,
+)
+
+
 def fleet_env(
-    *,
-    home: Path,
-    database_url: str,
-    broker_url: str,
-    storage_url: str,
-    s3_endpoint: str,
-    model: Path,
+    services: Services, *, home: Path, model: Path, **overrides: object
 ) -> dict[str, str]:
-    """``LOOPFREE_*`` variables for a fleet whose faults show within seconds.
-
-    Batches of 4 at most keep the worker's visibility-timeout check satisfied by 30 s on a busy
-    two-core machine; a crashed worker's jobs look abandoned 5 s after its last heartbeat.
-    """
-    return {
-        "LOOPFREE_HOME": str(home),
-        "LOOPFREE_DATABASE_URL": database_url,
-        "LOOPFREE_BROKER_URL": broker_url,
-        "LOOPFREE_STORAGE_URL": storage_url,
-        "LOOPFREE_S3_ENDPOINT_URL": s3_endpoint,
-        "LOOPFREE_S3_REGION": "us-east-1",
-        "LOOPFREE_MODEL": str(model),
-        "LOOPFREE_DEVICE": "cpu",
-        "LOOPFREE_MAX_BATCH": "4",
-        "LOOPFREE_MAX_WAIT_MS": "100",
-        "LOOPFREE_UPLOAD_WORKERS": "4",
-        "LOOPFREE_VISIBILITY_TIMEOUT_S": "30",
-        "LOOPFREE_HEARTBEAT_S": "0.5",
-        "LOOPFREE_STUCK_AFTER_S": "5",
-        "LOOPFREE_MAX_ATTEMPTS": "3",
-        # Several processes share two cores: one thread each keeps torch from spinning against
-        # the others (a tiny model renders 10x slower with contended OpenMP threads).
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-
-
-@contextlib.contextmanager
-def migrated_database(admin: psycopg.Connection, admin_url: str) -> Iterator[str]:
-    """A fresh database on the server ``admin`` is connected to, at the newest schema."""
-    from sqlalchemy.engine import make_url
-
-    from migrations.runner import upgrade
-
-    name = f"loopfree_fault_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(admin_url).set(drivername="postgresql+psycopg", database=name)
-        rendered = url.render_as_string(hide_password=False)
-        upgrade(rendered)
-        yield rendered
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def new_bucket(endpoint: str) -> str:
-    """A fresh bucket on ``endpoint``; returns the storage URL of a prefix in it."""
-    bucket = f"fault-{uuid.uuid4().hex[:12]}"
-    open_store(f"s3://{bucket}", endpoint_url=endpoint, region="us-east-1").ensure_bucket()
-    return f"s3://{bucket}/images"
+    """``LOOPFREE_*`` variables for a fleet whose faults show within seconds (``FAST_FAULTS``),
+    with ``overrides`` (``max_attempts=1`` is ``LOOPFREE_MAX_ATTEMPTS=1``)."""
+    env = services.env(home=home, model=model, **{**FAST_FAULTS, **overrides})
+    # Several processes share two cores: one thread each keeps torch from spinning against the
+    # others (a tiny model renders 10x slower with contended OpenMP threads).
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def rows(count: int, *, seed: int = 0, steps: int = 4, **fields: object) -> list[dict]:
@@ -219,7 +184,7 @@ class Fleet:
         delivered to a worker and not acknowledged yet."""
         name = queue_name(self.settings.model)
         client = redis.client()
-        lists = [name] + [f"{name}:{step}" for step in PRIORITY_STEPS[1:]]
+        lists = [name] + [f"{name}{REDIS_SEP}{step}" for step in PRIORITY_STEPS[1:]]
         return sum(client.llen(key) for key in lists) + client.hlen("unacked")
 
     def republish_lost(self, redis: RedisServer, *submission_ids: str, timeout: float) -> int:

@@ -122,7 +122,7 @@ def test_a_delivery_the_database_outlasts_is_published_again_and_not_lost(
     from storage.db import make_engine
     from storage.uploads import UploadPool
     from taskqueue.app import GENERATE_TASK, make_celery
-    from worker.batch import BatchRunner
+    from worker.batch import BatchRunner, Outlets, RunnerOptions
     from worker.models import load_model
     from worker.sampler import TiUESampler
     from worker.tasks import register_generate_task
@@ -135,14 +135,15 @@ def test_a_delivery_the_database_outlasts_is_published_again_and_not_lost(
         job_ids = [job.id for job in fleet.jobs(report.submission_id)]
         redis.client().flushall()  # the submit's messages: this test delivers by hand
         runner = BatchRunner(
-            sampler=TiUESampler(load_model(str(fault_model_dir), device="cpu")),
-            engine=make_engine(database_url),
-            store=fleet.store,
-            uploads=uploads,
+            TiUESampler(load_model(str(fault_model_dir), device="cpu")),
+            Outlets(
+                engine=make_engine(database_url),
+                store=fleet.store,
+                uploads=uploads,
+                publish=lambda jobs, countdown: None,
+            ),
             worker_name="bounded-worker",
-            publish=lambda jobs, countdown: None,
-            stuck_after_s=1.0,
-            record_timeout_s=2.0,
+            options=RunnerOptions(stuck_after_s=1.0, record_timeout_s=2.0),
         )
         app = make_celery(fleet.settings)
         register_generate_task(app, runner, max_batch=4, max_wait_ms=10)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from core.errors import BrokerUnavailable, DatabaseUnavailable
 from storage.db import session_scope
 from storage.models import Job, Submission
-from taskqueue.app import PRIORITY_STEPS, queue_name
+from taskqueue.app import PRIORITY_STEPS, REDIS_SEP, queue_name
 from tests.conftest import free_port
 from tests.fault.fleet import rows
 from tests.helpers_processes import run_cli
@@ -36,7 +36,7 @@ def recorded(fleet) -> tuple[int, int]:
 def messages_waiting(redis_server, model: str) -> int:
     name = queue_name(model)
     client = redis_server.client()
-    lists = [name] + [f"{name}:{step}" for step in PRIORITY_STEPS[1:]]
+    lists = [name] + [f"{name}{REDIS_SEP}{step}" for step in PRIORITY_STEPS[1:]]
     return sum(client.llen(key) for key in lists)
 
 

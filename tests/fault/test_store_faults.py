@@ -1,4 +1,5 @@
-"""The object store goes away: for ten seconds, or for good. And what it holds stays private."""
+"""The object store goes away for ten seconds, or refuses uploads for good. And what it holds stays
+private. (A longer outage, with the reconcile loop on: tests/fault/test_outages.py.)"""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class StoreFleet:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, pg_admin, s3_env, fault_model_dir) -> Iterator[StoreFleet]:
-    """One worker with a retry budget (8 attempts) that outlasts a ten-second outage."""
+    """One worker with a single attempt per job: an outage must not spend it (worker.outage)."""
     folder = tmp_path_factory.mktemp("store-fleet")
     moto = MotoServer()
     moto.start()
@@ -61,7 +62,8 @@ def store(tmp_path_factory, pg_admin, s3_env, fault_model_dir) -> Iterator[Store
                 s3_endpoint=moto.url,
                 model=fault_model_dir,
                 broker_url=redis.url,
-                max_attempts=8,
+                max_attempts=1,
+                outage_probe_max_s=1,
             ) as fleet,
         ):
             fleet.start_worker().wait_ready()
@@ -70,8 +72,10 @@ def store(tmp_path_factory, pg_admin, s3_env, fault_model_dir) -> Iterator[Store
         moto.stop()
 
 
-def test_uploads_during_a_ten_second_store_outage_are_retried_and_all_succeed(store):
+def test_uploads_during_a_ten_second_store_outage_wait_for_the_store_and_all_succeed(store):
     fleet, moto = store.fleet, store.moto
+    worker = fleet.workers[0]
+    log_before = len(worker.log_text(tail=10_000_000))
     report = fleet.submit(rows(120))
     fleet.wait(
         lambda: fleet.counts(report.submission_id)["succeeded"] >= 4,
@@ -81,14 +85,12 @@ def test_uploads_during_a_ten_second_store_outage_are_retried_and_all_succeed(st
 
     moto.stop()
     down_since = time.monotonic()
-    # Wait for the outage to bite: some upload has failed (after botocore's own retries) and
-    # its job went back to the queue with the store's error.
+    # Wait for the outage to bite: some upload has failed (after botocore's own retries), the
+    # probe confirmed the store is down, and the worker paused with its jobs in hand.
     fleet.wait(
-        lambda: any(
-            job.error and "unreachable" in job.error for job in fleet.jobs(report.submission_id)
-        ),
+        lambda: "worker paused" in worker.log_text(tail=10_000_000)[log_before:],
         timeout=60,
-        what="an upload to fail while the store is down",
+        what="the worker to pause while the store is down",
     )
     time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_since)))  # the outage itself
     moto.start()
@@ -96,7 +98,10 @@ def test_uploads_during_a_ten_second_store_outage_are_retried_and_all_succeed(st
     fleet.wait_settled(report.submission_id, timeout=180)
     outcome = assert_reconciled(fleet, report.submission_id, submitted=120)
     assert outcome.counts["succeeded"] == 120
-    assert any(job.attempts > 1 for job in outcome.jobs), "no job needed a second attempt"
+    # Before outages paused workers, uploads refused by the outage sent their jobs back, each
+    # one attempt closer to failing: with max_attempts=1, they failed.
+    assert [job.attempts for job in outcome.jobs] == [1] * 120, "the outage spent attempts"
+    assert "object store is back after" in worker.log_text(tail=10_000_000)[log_before:]
 
 
 def test_objects_are_private_and_results_hand_out_expiring_presigned_urls(store):
@@ -139,28 +144,30 @@ def test_objects_are_private_and_results_hand_out_expiring_presigned_urls(store)
         fleet.store.presigned_url(records[0]["image_uri"], 8 * 24 * 3600)
 
 
-def test_a_store_that_stays_down_fails_every_job_with_the_reason_after_the_retry_budget(
+def test_a_store_that_refuses_uploads_fails_the_jobs_with_the_reason_and_does_not_pause(
     make_fleet, redis_server, moto
 ):
-    fleet = make_fleet(
-        broker_url=redis_server.url, s3_endpoint=moto.url, max_attempts=2, upload_workers=8
-    )
-    moto.stop()  # before anything is rendered; it does not come back while the jobs run
-    fleet.start_worker()
+    """A refusal (here: the bucket does not exist) is not an outage: the store answers, retrying
+    will not help, so each job fails at once with the store's reason, and the worker does not
+    pause. (Before outages paused workers, this test stopped the store for good and expected
+    every job to fail after its attempts; an unreachable store now pauses the worker instead.)"""
+    fleet = make_fleet(broker_url=redis_server.url, s3_endpoint=moto.url, upload_workers=8)
+    bucket = fleet.store.bucket
+    boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1").delete_bucket(Bucket=bucket)
+    worker = fleet.start_worker()
     first, second = fleet.submit(rows(3)), fleet.submit(rows(2, seed=100))
     fleet.wait_settled(first.submission_id, second.submission_id, timeout=180)
 
-    moto.start()  # only now: nothing may have been stored
+    fleet.store.ensure_bucket()  # only now: nothing may have been stored
     outcome = assert_reconciled(fleet, first.submission_id, second.submission_id, submitted=5)
     assert outcome.counts["failed"] == 5
     for job in outcome.jobs:
-        assert job.attempts == 2
-        assert job.error.startswith(
-            "gave up after 2 attempts; last error: Object store unreachable"
-        ), job.error
-        assert moto.url in job.error and "can be retried" in job.error
+        assert job.attempts == 1
+        assert job.error.startswith("storing the image failed: Bucket"), job.error
+        assert f"{bucket!r} does not exist" in job.error
+    assert "worker paused" not in worker.log_text(tail=10_000_000)
 
-    # With the store back, an operator sends one submission's failed jobs through again.
+    # With the bucket there, an operator sends one submission's failed jobs through again.
     requeue = run_cli(["requeue", "--failed", "--submission", first.submission_id], fleet.env)
     assert requeue.returncode == 0, requeue.stderr
     assert json.loads(requeue.stdout) == {

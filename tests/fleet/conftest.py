@@ -19,8 +19,9 @@ from migrations.runner import upgrade
 from storage import jobs as job_store
 from storage.db import make_engine, session_scope
 from storage.models import utcnow
-from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
-from tests.conftest import REDIS_URL, service_missing
+from storage.submissions import create_submission, insert_jobs, job_id_for
+from tests.conftest import REDIS_URL, redis_client
+from tests.harness import delete_queue_keys, job_result, parsed_jobs
 
 MODEL_A = "fleet-test/busy"
 MODEL_B = "fleet-test/idle"
@@ -41,19 +42,7 @@ def add_jobs(engine: Engine, model: str, count: int, *, now: datetime | None = N
     """Insert ``count`` queued jobs of ``model`` in a new submission; returns their ids."""
     with session_scope(engine) as session:
         ref = create_submission(session, source="fleet-test", defaults={}, job_count=count, now=now)
-        jobs = (
-            NewJob(
-                position=i,
-                line_number=i + 1,
-                prompt=f"prompt {i}",
-                seed=i,
-                height=64,
-                width=64,
-                steps=4,
-                model=model,
-            )
-            for i in range(count)
-        )
+        jobs = parsed_jobs(count, model=model, prompt="prompt {position}")
         insert_jobs(session, ref.id, jobs, skip_existing=False, now=now)
     return [job_id_for(ref.id, i) for i in range(count)]
 
@@ -73,14 +62,7 @@ def run_batch(
         )
         assert sorted(claimed) == sorted(job_ids)
         for job_id in job_ids:
-            result = job_store.JobResult(
-                image_uri=f"file:///{job_id}.png",
-                image_bytes=100,
-                image_sha256="0" * 64,
-                sample_s=0.5,
-                upload_s=0.1,
-                gpu_share_s=0.5 / len(job_ids),
-            )
+            result = job_result(job_id, sample_s=0.5, gpu_share_s=0.5 / len(job_ids))
             assert job_store.mark_succeeded(session, job_id, result, now=end)
 
 
@@ -144,32 +126,18 @@ def seeded(engine: Engine) -> Seeded:
 
 @pytest.fixture()
 def redis_broker_url() -> str:
-    """The test Redis, which must answer; nothing in it is flushed (see ``model_queue``)."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        service_missing(f"Redis at {REDIS_URL}", exc)
-    finally:
-        client.close()
+    """The test Redis, which must answer; nothing in it is flushed (see ``unique_model``)."""
+    redis_client(REDIS_URL).close()
     return REDIS_URL
 
 
 @pytest.fixture()
 def unique_model(redis_broker_url: str) -> Iterator[str]:
     """A model name no other test uses; its queue's keys are deleted afterwards."""
-    import redis
-
     from taskqueue.app import queue_name
 
     model = f"fleet-test/{uuid.uuid4().hex[:12]}"
     try:
         yield model
     finally:
-        client = redis.Redis.from_url(redis_broker_url)
-        keys = list(client.scan_iter(match=f"*{queue_name(model)}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        delete_queue_keys(redis_broker_url, queue_name(model))

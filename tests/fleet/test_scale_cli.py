@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import pytest
 import typer
-from loopfree.commands.fleet import register
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from core.settings import get_settings
+from loopfree.commands.fleet import register
 from migrations.runner import upgrade
 from storage.models import utcnow
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
 from core.settings import Settings
 from migrations.runner import upgrade
-from storage.objects import open_store
-from tests.conftest import free_port
+from tests.harness import Services, free_port, new_bucket
 from worker.tiny import make_model
 
 
@@ -29,19 +27,17 @@ def embedded_settings(tmp_path: Path, queue_model_dir: Path) -> Settings:
 
 
 @pytest.fixture()
-def fleet_env(tmp_path, migrated_pg_url, redis_url, s3_server, s3_env, queue_model_dir):
+def fleet_env(
+    tmp_path: Path,
+    migrated_pg_url: str,
+    redis_url: str,
+    s3_server: str,
+    s3_env: dict[str, str],
+    queue_model_dir: Path,
+) -> dict[str, str]:
     """LOOPFREE_* variables pointing at the real services, as a deployment would set them."""
-    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
-    open_store(f"s3://{bucket}", endpoint_url=s3_server, region="us-east-1").ensure_bucket()
-    return {
-        "LOOPFREE_HOME": str(tmp_path / "home"),
-        "LOOPFREE_DATABASE_URL": migrated_pg_url,
-        "LOOPFREE_BROKER_URL": redis_url,
-        "LOOPFREE_STORAGE_URL": f"s3://{bucket}/images",
-        "LOOPFREE_S3_ENDPOINT_URL": s3_server,
-        "LOOPFREE_S3_REGION": "us-east-1",
-        "LOOPFREE_MODEL": str(queue_model_dir),
-        "LOOPFREE_MAX_WAIT_MS": "50",
-        "LOOPFREE_METRICS_PORT": str(free_port()),
-        "LOOPFREE_DEVICE": "cpu",
-    }
+    bucket = new_bucket(s3_server, prefix="e2e")
+    services = Services(migrated_pg_url, redis_url, bucket, s3_server)
+    return services.env(
+        home=tmp_path / "home", model=queue_model_dir, max_wait_ms=50, metrics_port=free_port()
+    )

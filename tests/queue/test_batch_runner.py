@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from core.jobspec import JobSpec, ParsedJob
+from core.webhooks import WebhookPolicy
 from storage.db import make_engine, session_scope
 from storage.models import JobStatus
 from storage.objects import open_store
 from storage.queries import load_jobs
-from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
+from storage.submissions import create_submission, insert_jobs, job_id_for
 from storage.uploads import UploadPool
-from worker.batch import BatchRunner
+from worker.batch import BatchRunner, Outlets, RunnerOptions
 from worker.models import load_model
 from worker.sampler import TiUESampler
+from worker.webhook_sender import WebhookConfig
 
 
 @pytest.fixture()
@@ -27,16 +31,23 @@ def runtime(embedded_settings):
     store = open_store(embedded_settings.resolved_storage_url)
     published = []
     with UploadPool(max_workers=4) as uploads:
+
+        def publish(jobs, countdown):
+            published.extend(job.id for job in jobs)
+
         runner = BatchRunner(
-            sampler=TiUESampler(model),
-            engine=engine,
-            store=store,
-            uploads=uploads,
+            TiUESampler(model),
+            Outlets(engine=engine, store=store, uploads=uploads, publish=publish),
             worker_name="test-worker",
-            publish=lambda jobs, countdown: published.extend(job.id for job in jobs),
-            max_batch=4,
+            # The webhook test's receiver listens on loopback, which only an allow-list opens.
+            options=RunnerOptions(
+                max_batch=4, webhooks=WebhookConfig(policy=WebhookPolicy.parse("127.0.0.1"))
+            ),
         )
-        yield runner, engine, store, published
+        try:
+            yield runner, engine, store, published
+        finally:
+            runner.close()
 
 
 def add_jobs(engine, model: str, prompts: list[tuple[str, int, int]]) -> list[str]:
@@ -47,15 +58,10 @@ def add_jobs(engine, model: str, prompts: list[tuple[str, int, int]]) -> list[st
             session,
             ref.id,
             [
-                NewJob(
-                    position=i,
+                ParsedJob(
+                    JobSpec(prompt=prompt, seed=seed, height=size, width=size, model=model),
                     line_number=i + 1,
-                    prompt=prompt,
-                    seed=seed,
-                    height=size,
-                    width=size,
-                    steps=4,
-                    model=model,
+                    position=i,
                 )
                 for i, (prompt, seed, size) in enumerate(prompts)
             ],
@@ -82,6 +88,19 @@ def test_a_delivery_renders_every_job_and_records_one_image_each(runtime, embedd
         alone, _ = runner.sampler.generate([prompt], [seed], size, size)
         pixels = torch.from_numpy(np.array(image.convert("RGB")))
         assert int((pixels.int() - alone.images[0].int()).abs().max()) <= 1
+
+
+def test_a_stored_png_names_its_model_without_the_servers_path(runtime):
+    runner, engine, store, _ = runtime
+    model = runner.sampler.model.name  # a local folder: an absolute path on this machine
+    (job_id,) = add_jobs(engine, model, [("a fox", 5, 64)])
+    runner.run([job_id])
+    with session_scope(engine) as session:
+        (job,) = load_jobs(session, [job_id])
+    image = Image.open(io.BytesIO(store.get(job.image_uri)))
+    image.load()
+    assert model.startswith("/") and image.text["model"] == Path(model).name
+    assert image.text["prompt"] == "a fox" and image.text["seed"] == "5"
 
 
 def test_identical_prompts_in_flight_share_one_text_encoding(runtime):
@@ -120,8 +139,8 @@ class PoisonedSampler(TiUESampler):
 
 def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(runtime):
     runner, engine, _, _ = runtime
-    runner.sampler = PoisonedSampler(runner.sampler.model)
-    runner.texts.sampler = runner.sampler
+    poisoned = PoisonedSampler(runner.sampler.model)
+    runner.sampler = runner.renderer.sampler = runner.texts.sampler = poisoned
     seeds = [1, 2, PoisonedSampler.POISON_SEED, 4]
     ids = add_jobs(engine, runner.sampler.model.name, [(f"p{s}", s, 64) for s in seeds])
     report = runner.run(ids)
@@ -172,25 +191,22 @@ def test_a_finished_submission_posts_its_summary_to_the_webhook_once(runtime):
                 session,
                 ref.id,
                 [
-                    NewJob(
-                        position=i,
+                    ParsedJob(
+                        JobSpec(prompt=f"p{i}", seed=i, height=64, width=64,
+                                model=runner.sampler.model.name),
                         line_number=i + 1,
-                        prompt=f"p{i}",
-                        seed=i,
-                        height=64,
-                        width=64,
-                        steps=4,
-                        model=runner.sampler.model.name,
+                        position=i,
                     )
                     for i in range(2)
-                ],
+                ],  # fmt: skip
             )
         ids = [job_id_for(ref.id, i) for i in range(2)]
         runner.run(ids[:1])
+        assert runner.finisher.flush(timeout_s=60)
         assert received == []  # one job still queued: not finished
         runner.run(ids[1:])
         runner.run(ids)  # a duplicate delivery must not send it again
-        runner.uploads.close()
+        runner.close()  # the finisher's thread finishes what it was handed, then stops
     finally:
         server.shutdown()
     assert len(received) == 1
@@ -217,7 +233,7 @@ def test_a_job_taken_over_during_its_upload_is_left_to_its_new_owner(runtime, up
 
     runner, engine, _, published = runtime
     ids = add_jobs(engine, runner.sampler.model.name, [("a", 1, 64), ("b", 2, 64)])
-    store_image = runner.store_image
+    store_image = runner.recorder.store_image
 
     def store_while_taken_over(rendered):
         if rendered.job.id != ids[0]:
@@ -227,7 +243,7 @@ def test_a_job_taken_over_during_its_upload_is_left_to_its_new_owner(runtime, up
             raise StoreUnavailable("store down")
         return store_image(rendered)
 
-    runner.store_image = store_while_taken_over
+    runner.recorder.store_image = store_while_taken_over
     report = runner.run(ids)
 
     assert report.succeeded == [ids[1]]
@@ -248,6 +264,6 @@ def test_workers_retry_the_database_for_loopfree_db_retry_s(embedded_settings, m
         Settings()
     runtime = build_runtime(embedded_settings.model_copy(update={"db_retry_s": 42.5}))
     try:
-        assert runtime.runner.record_timeout_s == 42.5
+        assert runtime.runner.options.record_timeout_s == 42.5
     finally:
         runtime.close()

@@ -15,14 +15,15 @@ import redis
 from kombu import Producer
 
 from core.errors import BrokerUnavailable
+from core.jobspec import PRIORITY_LEVELS
 from core.settings import Settings
+from fleet.reconcile import requeue
 from producer.prompts import JobDefaults
 from producer.submit import submit_file
-from fleet.reconcile import requeue
 from storage.db import make_engine, session_scope
 from storage.submissions import job_ids_of
 from taskqueue.app import (
-    PRIORITY_VALUES,
+    REDIS_SEP,
     make_celery,
     model_queue,
     publish_jobs,
@@ -67,7 +68,7 @@ def without_job(message: dict, job_id: str) -> dict:
     return json.loads(json.dumps({**message, "body": body}).replace(job_id, "JOB"))
 
 
-@pytest.mark.parametrize("priority", sorted(PRIORITY_VALUES.items()), ids=lambda p: p[0])
+@pytest.mark.parametrize("priority", sorted(PRIORITY_LEVELS.items()), ids=lambda p: p[0])
 def test_a_rendered_message_is_the_one_celery_writes_in_the_same_list(app, client, priority):
     _, value = priority
     by_celery, rendered = str(uuid.uuid4()), str(uuid.uuid4())
@@ -90,8 +91,8 @@ def test_messages_are_served_in_publishing_order_within_a_priority(app, client):
     count = 2 * MESSAGES_PER_LPUSH + 37  # several LPUSH chunks, the last one partial
     high = [str(uuid.uuid4()) for _ in range(count)]
     low = [str(uuid.uuid4()) for _ in range(5)]
-    jobs = [(job_id, "model-b", PRIORITY_VALUES["high"]) for job_id in high]
-    jobs[10:10] = [(job_id, "model-b", PRIORITY_VALUES["low"]) for job_id in low]
+    jobs = [(job_id, "model-b", PRIORITY_LEVELS["high"]) for job_id in high]
+    jobs[10:10] = [(job_id, "model-b", PRIORITY_LEVELS["low"]) for job_id in low]
 
     assert publish_jobs(app, jobs) == count + len(low)
 
@@ -169,7 +170,7 @@ def test_job_ids_in_broker_reads_waiting_and_unacknowledged_messages(app, client
         app, [(job_id, "model-f", value) for job_id, value in zip(waiting, (0, 5, 9), strict=True)]
     )
     # A worker's delivered, unacknowledged message, as kombu's Redis transport records it.
-    (raw,) = client.rpop(queue_name("model-f") + ":9", 1)  # broker priority 9 = our low
+    (raw,) = client.rpop(queue_name("model-f") + REDIS_SEP + "9", 1)  # broker priority 9 = our low
     client.hset("unacked", "a-delivery-tag", json.dumps([json.loads(raw), "", "x"]))
 
     assert job_ids_in_broker(app, [queue_name("model-f")]) == set(waiting)
@@ -182,7 +183,7 @@ def test_requeue_publishes_only_the_queued_jobs_the_broker_lost(
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"a lighthouse, number {i}\n" for i in range(40)))
     report = submit_file(fleet_settings, prompts, JobDefaults(model=str(queue_model_dir)))
-    key = queue_name(str(queue_model_dir)) + ":3"  # normal priority
+    key = queue_name(str(queue_model_dir)) + REDIS_SEP + "3"  # normal priority
     assert client.llen(key) == 40
     client.ltrim(key, 0, 24)  # the broker loses the 15 oldest messages
 

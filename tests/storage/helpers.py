@@ -9,32 +9,22 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from core.jobspec import ParsedJob
 from storage.db import session_scope
-from storage.submissions import NewJob, create_submission, insert_jobs, job_id_for
+from storage.submissions import create_submission, insert_jobs, job_id_for
+from tests.harness import parsed_jobs
 
 
-def new_jobs(count: int, *, start: int = 0, model: str = "tiny") -> list[NewJob]:
-    return [
-        NewJob(
-            position=position,
-            line_number=position + 1,
-            prompt=f"a watercolour fox, variation {position}",
-            seed=position,
-            height=64,
-            width=64,
-            steps=4,
-            model=model,
-            metadata={"row": position},
-        )
-        for position in range(start, start + count)
-    ]
+def new_jobs(count: int, *, start: int = 0, model: str = "test/tiny") -> list[ParsedJob]:
+    """64 px jobs whose seed is their position and whose metadata names their row."""
+    return parsed_jobs(count, start=start, model=model, metadata=lambda position: {"row": position})
 
 
 def add_submission(
     engine: Engine,
     count: int,
     *,
-    model: str = "tiny",
+    model: str = "test/tiny",
     idempotency_key: str | None = None,
     now: datetime | None = None,
 ) -> tuple[str, list[str]]:
@@ -143,7 +133,7 @@ def work(url: str, expected: int, start: object, deadline_s: float = 60.0) -> in
     from storage.db import make_engine
     from storage.jobs import JobResult, claim_jobs, mark_succeeded
     from storage.models import JobStatus
-    from storage.queries import list_jobs_by_status
+    from storage.queries import list_all_jobs
 
     engine = make_engine(url)
     done = 0
@@ -153,7 +143,7 @@ def work(url: str, expected: int, start: object, deadline_s: float = 60.0) -> in
         while done < expected and time.monotonic() < give_up:
             with session_scope(engine) as session:
                 queued = [
-                    job.id for job in list_jobs_by_status(session, JobStatus.QUEUED, limit=16)
+                    job.id for job in list_all_jobs(session, status=JobStatus.QUEUED, limit=16)
                 ]
                 claimed = claim_jobs(session, queued, worker="w", batch_id="b", batch_size=16)
             with session_scope(engine) as session:

@@ -10,8 +10,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from core.errors import DatabaseUnavailable
-from storage.db import DatabaseMisconfigured, check_connection, make_engine, session_scope
+from storage.db import DatabaseMisconfigured, Engine, make_engine, session_scope
 from tests.conftest import PG_ADMIN_URL, free_port
+
+
+def check_connection(engine: Engine) -> None:
+    """Open a session and run a trivial query: the path every caller takes to the database."""
+    with session_scope(engine) as session:
+        session.execute(text("SELECT 1"))
 
 
 def test_sqlite_engines_use_wal_a_busy_timeout_and_foreign_keys(sqlite_url: str) -> None:

@@ -9,26 +9,29 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
+from core.jobspec import MAX_SEED, PRIORITY_LEVELS, JobSpec, ParsedJob
 from storage import jobs as job_store
+from storage.bulk import insert_job_rows
 from storage.db import session_scope
-from storage.models import MAX_SEED, PRIORITY_HIGH, JobStatus, utcnow
+from storage.models import JobStatus, utcnow
 from storage.queries import (
     count_by_status,
-    find_stale_queued,
     find_stuck_running,
     get_job,
     iter_submission_jobs,
-    list_jobs_by_status,
+    list_all_jobs,
 )
 from storage.submissions import (
-    NewJob,
+    JOB_COLUMNS,
     create_submission,
     get_submission,
     insert_jobs,
     job_id_for,
     job_ids_of,
+    job_row,
     mark_submission_finished,
     mark_webhook_sent,
+    spec_of,
 )
 
 from .helpers import add_submission, new_jobs
@@ -43,25 +46,26 @@ def test_job_ids_are_uuid5_of_submission_and_position() -> None:
 
 
 def test_every_field_of_a_job_round_trips(engine: Engine) -> None:
-    job = NewJob(
-        position=0,
-        line_number=7,
+    job = JobSpec(
         prompt='a lighthouse at dusk, "quoted", tab\there, newline\nthere, back\\slash',
         seed=MAX_SEED,
         height=768,
         width=512,
         steps=8,
         model="org/model",
-        priority=PRIORITY_HIGH,
-        prompt_truncated=True,
+        priority=PRIORITY_LEVELS["high"],
         metadata={"user": "ada", "tags": ["a", "b"], "n": 1.5},
     )
     with session_scope(engine) as session:
         ref = create_submission(session, source="in.jsonl", defaults={"steps": 8}, job_count=1)
-        assert insert_jobs(session, ref.id, [job], skip_existing=False) == 1
+        placed = ParsedJob(job, line_number=7, position=0)
+        assert insert_jobs(session, ref.id, [placed], skip_existing=False) == 1
+        # A worker's finding, not the producer's: set the way a worker sets it.
+        job_store.mark_prompts_truncated(session, [job_id_for(ref.id, 0)])
     with session_scope(engine) as session:
         stored = get_job(session, job_id_for(ref.id, 0))
         assert stored is not None
+        assert spec_of(stored) == job
         assert (stored.prompt, stored.seed, stored.height, stored.width, stored.steps) == (
             job.prompt,
             MAX_SEED,
@@ -120,11 +124,15 @@ def test_inserting_a_stored_position_without_skip_existing_is_an_integrity_error
 
 
 def test_a_negative_seed_is_refused_by_the_database(engine: Engine) -> None:
-    bad = NewJob(position=0, line_number=1, prompt="x", seed=-1, height=8, width=8, steps=1,
-                 model="m")  # fmt: skip
+    # JobSpec refuses a negative seed, so the row is written past it, as a buggy producer would.
+    (valid,) = new_jobs(1)
     with pytest.raises(IntegrityError), session_scope(engine) as session:
         ref = create_submission(session, source="a.txt", defaults={}, job_count=1)
-        insert_jobs(session, ref.id, [bad])
+        row = job_row(
+            valid.spec, submission_id=ref.id, position=0, line_number=1, created_at=utcnow()
+        )
+        bad = dict(zip(JOB_COLUMNS, row, strict=True)) | {"seed": -1}
+        insert_job_rows(session, JOB_COLUMNS, [tuple(bad.values())], skip_existing=True)
 
 
 def test_status_counts_cover_every_status_overall_and_per_submission(engine: Engine) -> None:
@@ -158,20 +166,20 @@ def test_pages_of_a_submission_hold_every_job_once_in_position_order(engine: Eng
     assert [job.id for page in pages for job in page] == ids
 
 
-def test_jobs_by_status_come_in_pages_ordered_by_id(engine: Engine) -> None:
-    _, ids = add_submission(engine, 9)
+def test_all_jobs_are_listed_oldest_first_by_status_and_up_to_a_limit(engine: Engine) -> None:
+    now = utcnow()
+    _, newer = add_submission(engine, 3, now=now)
+    _, older = add_submission(engine, 3, now=now - timedelta(hours=1))
     with session_scope(engine) as session:
-        job_store.cancel_queued(session, job_ids=ids[:4])
-    seen: list[str] = []
-    after = None
+        job_store.cancel_queued(session, job_ids=[older[1]])
     with session_scope(engine) as session:
-        while page := list_jobs_by_status(session, JobStatus.QUEUED, after_id=after, limit=2):
-            seen.extend(job.id for job in page)
-            after = page[-1].id
-    assert seen == sorted(ids[4:])
+        everything = [job.id for job in list_all_jobs(session)]
+        queued = [job.id for job in list_all_jobs(session, status=JobStatus.QUEUED, limit=4)]
+    assert everything == older + newer
+    assert queued == [older[0], older[2], newer[0], newer[1]]
 
 
-def test_stuck_running_and_stale_queued_jobs_are_found_by_age(engine: Engine) -> None:
+def test_stuck_running_jobs_are_found_by_heartbeat_age(engine: Engine) -> None:
     now = utcnow()
     _, old_ids = add_submission(engine, 3, now=now - timedelta(hours=2))
     _, new_ids = add_submission(engine, 2, now=now)
@@ -184,9 +192,7 @@ def test_stuck_running_and_stale_queued_jobs_are_found_by_age(engine: Engine) ->
     cutoff = now - timedelta(minutes=5)
     with session_scope(engine) as session:
         stuck = find_stuck_running(session, heartbeat_before=cutoff)
-        stale = find_stale_queued(session, created_before=cutoff)
     assert sorted(job.id for job in stuck) == sorted(old_ids[:2])
-    assert [job.id for job in stale] == [old_ids[2]]
 
 
 def test_a_submission_finishes_once_no_job_is_open_and_its_webhook_is_sent_once(

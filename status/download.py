@@ -1,0 +1,105 @@
+"""``results --download``: a sync of a submission's images into a folder, with a manifest.
+
+Running it again fetches only what is missing or differs: a file whose sha256 equals the one the
+worker recorded is left alone. Jobs without an image (queued, running, failed, cancelled) are
+counted by reason, never skipped in silence. ``manifest.jsonl`` beside the images says, per job,
+which file holds it and how it was made (prompt, seed, size, steps, model), so a folder of
+``00000.png`` files still tells what each one is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from storage.objects import ObjectStore
+
+MANIFEST_NAME = "manifest.jsonl"
+MANIFEST_FIELDS = (
+    "id",
+    "submission_id",
+    "position",
+    "line_number",
+    "status",
+    "prompt",
+    "seed",
+    "width",
+    "height",
+    "steps",
+    "model",
+    "metadata",
+    "image_sha256",
+    "error",
+)
+
+
+@dataclass
+class SyncReport:
+    downloaded: int = 0
+    unchanged: int = 0
+    not_downloaded: Counter[str] = field(default_factory=Counter)  # reason -> jobs
+    manifest: Path = Path(MANIFEST_NAME)
+
+
+def file_name(record: dict[str, Any]) -> str:
+    """``00042.png``: the job's position, with the stored image's own suffix (png/webp/jpg)."""
+    suffix = PurePosixPath(record["image_uri"]).suffix or ".png"
+    return f"{record['position']:05d}{suffix}"
+
+
+def sha256_of(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sync_results(records: Iterable[dict[str, Any]], store: ObjectStore, folder: Path) -> SyncReport:
+    folder.mkdir(parents=True, exist_ok=True)
+    report = SyncReport(manifest=folder / MANIFEST_NAME)
+    lines = []
+    for record in records:
+        entry = {name: record.get(name) for name in MANIFEST_FIELDS}
+        if not record.get("image_uri"):
+            report.not_downloaded[_reason(record)] += 1
+            entry["file"] = None
+            lines.append(entry)
+            continue
+        name = file_name(record)
+        path = folder / name
+        if record.get("image_sha256") and sha256_of(path) == record["image_sha256"]:
+            report.unchanged += 1
+        else:
+            _write_atomically(path, store.get(record["image_uri"]))
+            report.downloaded += 1
+        entry["file"] = name
+        lines.append(entry)
+    text = "".join(json.dumps(line, default=str) + "\n" for line in lines)
+    _write_atomically(report.manifest, text.encode())
+    return report
+
+
+def _reason(record: dict[str, Any]) -> str:
+    status = record.get("status")
+    if status == "failed":
+        return "failed (see `error` in the manifest)"
+    if status == "cancelled":
+        return "cancelled"
+    return f"{status}, not rendered yet (run again later)"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # A run killed halfway leaves no truncated image that a later run could take for a real one
+    # (its sha256 would differ and it would be fetched again, but a reader might not check).
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)

@@ -1,0 +1,157 @@
+"""The web view's guard: read-only, a token when one is set, and headers that keep pages inert.
+
+- **Read-only.** Only GET and HEAD reach the app; any other method is answered 405 here, before
+  routing, so no route added later can change state by accident.
+- **Token.** With ``LOOPFREE_UI_TOKEN`` set, every request must carry it, one of two ways:
+  ``Authorization: Bearer TOKEN`` (scripts, the JSON API), or for a browser, open any page once
+  with ``?token=TOKEN``: the answer is a redirect to the same address without the token, setting
+  an HttpOnly, SameSite=Strict cookie that holds an HMAC of the token (not the token itself), so
+  the token leaves the address bar and the history and is never sent to another site. Anything
+  else is answered 401.
+- **Inert pages.** Jinja2 autoescapes every prompt and error; as a second line, the
+  Content-Security-Policy forbids scripts altogether (the pages use none) and only lets images
+  and styles come from the app itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.datastructures import URL
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from core.errors import UserError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+COOKIE_NAME = "loopfree_ui"
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+
+
+class TokenRequired(UserError):
+    """``loopfree ui`` was asked to listen beyond loopback without a token."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to serve prompts and images to the network without a token."""
+    if token or is_loopback(host):
+        return
+    raise TokenRequired(
+        f"`loopfree ui --host {host}` would serve every prompt and image to the network without "
+        "a password: set LOOPFREE_UI_TOKEN to a long random string (e.g. `openssl rand -hex 24`) "
+        "and open the view once with ?token=..., or bind to 127.0.0.1"
+    )
+
+
+def cookie_value(token: str) -> str:
+    """What the cookie holds: proof of the token that is useless as the token itself."""
+    return hmac.new(token.encode(), b"loopfree-ui-cookie", hashlib.sha256).hexdigest()
+
+
+class Guard:
+    """ASGI middleware enforcing the rules in this module's docstring."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token or None
+        self.cookie = cookie_value(self.token) if self.token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                message["headers"] = headers
+            await send(message)
+
+        refusal = self.refusal(Request(scope))
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+    def refusal(self, request: Request) -> Response | None:
+        """The response that stops this request here, or None to let it through."""
+        if request.method not in READ_METHODS:
+            return PlainTextResponse(
+                "the loopfree web view is read-only: use GET (the CLI changes state)",
+                status_code=405,
+                headers={"Allow": "GET, HEAD"},
+            )
+        if self.token is None or self.carries_token(request):
+            return None
+        offered = request.query_params.get("token")
+        if offered is not None and hmac.compare_digest(offered.encode(), self.token.encode()):
+            return self.remember(request)
+        return self.unauthorized(request)
+
+    def carries_token(self, request: Request) -> bool:
+        assert self.token is not None and self.cookie is not None
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), self.token.encode()
+        ):
+            return True
+        cookie = request.cookies.get(COOKIE_NAME, "")
+        return hmac.compare_digest(cookie.encode(), self.cookie.encode())
+
+    def remember(self, request: Request) -> Response:
+        """Redirect to the same address without ``?token=``, setting the cookie."""
+        assert self.cookie is not None
+        kept = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        target = URL(path=request.url.path, query=urlencode(kept))
+        response = RedirectResponse(str(target), status_code=303)
+        response.set_cookie(
+            COOKIE_NAME,
+            self.cookie,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return response
+
+    @staticmethod
+    def unauthorized(request: Request) -> Response:
+        message = (
+            "this loopfree web view needs its token (LOOPFREE_UI_TOKEN): send "
+            "'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN"
+        )
+        headers = {"WWW-Authenticate": 'Bearer realm="loopfree"'}
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=401, headers=headers)
+        return PlainTextResponse(message, status_code=401, headers=headers)

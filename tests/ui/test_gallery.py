@@ -1,0 +1,188 @@
+"""The queries behind the web view and the contact sheets (``storage.gallery``) and the pages they
+feed, on SQLite and on PostgreSQL, with rows written through ``storage`` the way workers write
+them."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from core.jobspec import JobSpec, ParsedJob
+from core.settings import Settings
+from status.web.app import create_app, image_type
+from storage import jobs as transitions
+from storage.db import make_engine, session_scope
+from storage.gallery import (
+    JobFilter,
+    count_jobs,
+    escape_like,
+    find_jobs,
+    recent_workers,
+    status_counts_for,
+    succeeded_since_for,
+)
+from storage.models import JobStatus, utcnow
+from storage.submissions import create_submission, insert_jobs, job_id_for
+
+PROMPTS = {
+    0: "A Poster: 50% OFF today",
+    1: "route 50 at night",  # what an unescaped "50%" matches too
+    2: "an off_sale sign",
+    3: "an off-sale sign",  # what an unescaped "_" matches too
+    4: "a back\\slash",
+}
+
+
+@pytest.fixture()
+def engine(migrated_db_url: str):
+    engine = make_engine(migrated_db_url)
+    yield engine
+    engine.dispose()
+
+
+def add_submission(engine, count: int, *, source: str = "prompts.txt") -> str:
+    with session_scope(engine) as session:
+        ref = create_submission(
+            session, source=source, defaults={"model": "test/tiny"}, job_count=count
+        )
+        insert_jobs(
+            session,
+            ref.id,
+            (
+                ParsedJob(
+                    JobSpec(
+                        prompt=PROMPTS.get(i, f"prompt number {i}"),
+                        seed=i,
+                        height=64,
+                        width=64,
+                        steps=4,
+                        model="test/tiny",
+                    ),
+                    line_number=i + 1,
+                    position=i,
+                )
+                for i in range(count)
+            ),
+            skip_existing=False,
+        )
+    return ref.id
+
+
+def finish(engine, submission_id: str, positions: range, *, fail: set[int] = frozenset()) -> None:
+    """Claim the jobs at ``positions`` as worker ``w1`` and record an outcome for each."""
+    ids = [job_id_for(submission_id, p) for p in positions]
+    with session_scope(engine) as session:
+        transitions.claim_jobs(session, ids, worker="w1", batch_id="b1", batch_size=len(ids))
+        for position, job_id in zip(positions, ids, strict=True):
+            if position in fail:
+                transitions.mark_failed(session, job_id, f"broken {position}")
+                continue
+            result = transitions.JobResult(
+                image_uri=f"file:///nowhere/{job_id}.png",
+                image_bytes=1,
+                image_sha256="0" * 64,
+                sample_s=0.1,
+                upload_s=0.01,
+                gpu_share_s=0.1,
+            )
+            transitions.mark_succeeded(session, job_id, result)
+
+
+def positions(engine, submission_id: str, wanted: JobFilter) -> list[int]:
+    with session_scope(engine) as session:
+        return [job.position for job in find_jobs(session, submission_id, wanted, limit=100)]
+
+
+def test_the_text_filter_is_a_case_blind_substring_with_wildcards_taken_literally(engine):
+    submission = add_submission(engine, 8)
+    assert positions(engine, submission, JobFilter(text="50% off")) == [0]
+    assert positions(engine, submission, JobFilter(text="50%")) == [0]
+    assert positions(engine, submission, JobFilter(text="50")) == [0, 1]
+    assert positions(engine, submission, JobFilter(text="off_sale")) == [2]
+    assert positions(engine, submission, JobFilter(text="back\\slash")) == [4]
+    assert positions(engine, submission, JobFilter(text="POSTER")) == [0]
+    assert positions(engine, submission, JobFilter(text="nothing like it")) == []
+    assert escape_like("5%_\\") == "5\\%\\_\\\\"
+
+
+def test_a_page_of_jobs_is_in_position_order_and_counts_match_the_filter(engine):
+    submission = add_submission(engine, 250)
+    other = add_submission(engine, 5, source="other.txt")
+    finish(engine, submission, range(0, 40), fail={3, 17})
+    failed = JobFilter(statuses=(JobStatus.FAILED,))
+    with session_scope(engine) as session:
+        assert count_jobs(session, submission) == 250
+        assert count_jobs(session, submission, failed) == 2
+        assert (
+            count_jobs(session, submission, JobFilter(text="prompt number 1")) == 110
+        )  # 10-19, 100-199
+        third = find_jobs(session, submission, limit=100, offset=200)
+        counts = status_counts_for(session, [submission, other])
+        recent = succeeded_since_for(session, [submission, other], utcnow() - timedelta(seconds=60))
+    assert [job.position for job in third] == list(range(200, 250))
+    assert positions(engine, submission, failed) == [3, 17]
+    assert counts[submission][JobStatus.SUCCEEDED] == 38
+    assert counts[submission][JobStatus.QUEUED] == 210
+    assert counts[other] == {**dict.fromkeys(JobStatus, 0), JobStatus.QUEUED: 5}
+    assert recent == {submission: 38, other: 0}
+
+
+def test_recent_workers_are_those_holding_or_lately_finishing_jobs(engine):
+    submission = add_submission(engine, 6)
+    finish(engine, submission, range(0, 3))
+    with session_scope(engine) as session:
+        ids = [job_id_for(submission, p) for p in (3, 4)]
+        transitions.claim_jobs(session, ids, worker="w2", batch_id="b2", batch_size=2)
+    with session_scope(engine) as session:
+        seen = {w.name: w for w in recent_workers(session, utcnow() - timedelta(minutes=5))}
+        later = recent_workers(session, utcnow() + timedelta(minutes=5))
+    assert set(seen) == {"w1", "w2"}
+    assert (seen["w1"].running, seen["w1"].finished_recently) == (0, 3)
+    assert (seen["w2"].running, seen["w2"].finished_recently) == (2, 0)
+    assert seen["w2"].last_seen is not None and seen["w2"].last_seen.tzinfo is not None
+    assert [w.name for w in later] == ["w2"]  # still holding jobs, however long ago it finished
+
+
+def test_an_open_submission_pages_its_grid_and_reloads_itself_until_nothing_is_open(
+    engine, migrated_db_url: str, tmp_path: Path
+):
+    submission = add_submission(engine, 250)
+    finish(engine, submission, range(0, 10), fail={4})
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=migrated_db_url,
+        storage_url=(tmp_path / "store").as_uri(),
+    )
+    client = TestClient(create_app(settings, engine=engine))
+    page = client.get(f"/submissions/{submission}")
+    assert page.status_code == 200
+    assert '<meta http-equiv="refresh"' in page.text
+    assert page.text.count('<li class="tile') == 100
+    assert page.text.count('loading="lazy"') == 9  # only succeeded jobs have an image
+    assert "broken 4" in page.text
+    assert "page 1 of 3" in page.text
+    last = client.get(f"/submissions/{submission}", params={"page": 3, "q": "prompt"})
+    assert last.text.count('<li class="tile') == 245 - 200  # positions 5-249 say "prompt"
+    listed = client.get("/api/submissions").json()["submissions"]
+    assert [(s["id"], s["open"], s["done"]) for s in listed] == [(submission, 240, 10)]
+    assert listed[0]["images_per_s"] > 0 and listed[0]["eta_s"] > 0
+
+    with session_scope(engine) as session:
+        transitions.cancel_queued(session, submission_id=submission)
+    finished = client.get(f"/submissions/{submission}")
+    assert 'http-equiv="refresh"' not in finished.text
+    assert 'http-equiv="refresh"' not in client.get("/").text
+
+
+def test_images_are_served_with_the_content_type_their_bytes_say():
+    picture = Image.new("RGB", (8, 8), (200, 30, 30))
+    for pillow_format, content_type in (("PNG", "png"), ("WEBP", "webp"), ("JPEG", "jpeg")):
+        buffer = io.BytesIO()
+        picture.save(buffer, pillow_format)
+        assert image_type(buffer.getvalue()) == f"image/{content_type}"
+    assert image_type(b"<svg onload=alert(1)>") == "application/octet-stream"
