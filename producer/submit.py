@@ -71,8 +71,6 @@ def submit_file(
         settings, path, defaults, skip_invalid=skip_invalid, format=format
     )
     defaults = _with_canonical_model(defaults)
-    if check is not None:
-        check(new_jobs)
     if key is None:
         key = default_key(path, defaults)
     # Imported here so `loopfree --help` and argument errors stay instant.
@@ -83,8 +81,11 @@ def submit_file(
 
     engine = make_engine(settings.resolved_database_url)
     app = make_celery(settings)
-    # Fail fast, before any row is written, if the broker is down.
+    # Fail fast, before any row is written, if the broker is down; only then is it worth saying
+    # whether a worker will take the jobs.
     _check_broker(app)
+    if check is not None:
+        check(new_jobs)
     with session_scope(engine) as session:
         ref = create_submission(
             session,

@@ -18,6 +18,7 @@ and records results, the worker's other pool threads claim, encode and sample th
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -194,6 +195,7 @@ class BatchRunner:
             return []
         owner = job_store.Owner(worker=self.worker_name, batch_id=report.batch_id)
         jobs = self.claims.claim(job_ids, owner)
+        claimed_at = time.monotonic()
         report.claimed += len(jobs)
         try:
             runnable = []
@@ -207,7 +209,10 @@ class BatchRunner:
                     self.recorder.fail(job, problem, report)
             pending: list[tuple[Rendered, Future[tuple[StoredObject, float]]]] = []
             for key, group in self.renderer.plan(runnable):
-                for rendered in self.render(key, group, report):
+                rendered_group = self.render(key, group, report)
+                if time.monotonic() - claimed_at > self.options.stuck_after_s / 2:
+                    rendered_group = self.recorder.drop_taken_over(rendered_group, report)
+                for rendered in rendered_group:
                     pending.append((rendered, self.recorder.upload(rendered)))
             self.recorder.record(pending, report)
         except Exception as error:

@@ -230,6 +230,21 @@ class Recorder:
                 self.collect(rendered, future, results, in_hand, report)
         return results
 
+    def drop_taken_over(self, rendered: list[Rendered], report: BatchReport) -> list[Rendered]:
+        """Of a group just sampled, the images whose jobs this delivery still holds. The batch
+        runner asks only when the group took long enough for its heartbeat to have gone stale
+        (the process was stopped, swapped out or starved): another worker may own the job now,
+        and uploading this image would overwrite that worker's object at the job's fixed key.
+        (A stall between this check and the upload itself is not covered.)"""
+        held = self.still_held([item.job.id for item in rendered], report)
+        for item in rendered:
+            if item.job.id not in held:
+                log.warning(
+                    "job %s was taken over while this worker was stalled; not uploading it",
+                    item.job.id,
+                )
+        return [item for item in rendered if item.job.id in held]
+
     def still_held(self, job_ids: list[str], report: BatchReport) -> set[str]:
         """Which of ``job_ids`` this delivery still holds."""
 
