@@ -80,7 +80,6 @@ class WebhookSender:
         poll_s: float = POLL_S,
         start: bool = True,
     ) -> None:
-        global _warned_unsigned
         self.engine = engine
         self.config = config or WebhookConfig()
         self.parallel = parallel
@@ -88,12 +87,6 @@ class WebhookSender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._attempts = ThreadPoolExecutor(parallel, thread_name_prefix="loopfree-webhook")
-        if self.config.secret is None and not _warned_unsigned:
-            _warned_unsigned = True
-            log.warning(
-                "LOOPFREE_WEBHOOK_SECRET is not set: webhooks go out unsigned, and receivers "
-                "cannot tell them from forgeries"
-            )
         self._thread = threading.Thread(
             target=self._loop, name="loopfree-webhook-sender", daemon=True
         )
@@ -154,6 +147,15 @@ class WebhookSender:
             self._wake.clear()
 
     def _attempt(self, claim: outbox.ClaimedDelivery) -> Outcome:
+        global _warned_unsigned
+        if self.config.secret is None and not _warned_unsigned:
+            # Said at the first unsigned POST, not at start: a worker whose submissions have no
+            # webhook has nothing to warn about.
+            _warned_unsigned = True
+            log.warning(
+                "LOOPFREE_WEBHOOK_SECRET is not set: webhooks go out unsigned, and receivers "
+                "cannot tell them from forgeries"
+            )
         body = body_of(claim.payload)
         headers = signed_headers(
             body, secret=self.config.secret, event=claim.event, delivery_id=claim.id

@@ -293,15 +293,20 @@ def test_submit_refuses_a_metadata_webhook_in_one_line(tmp_path, queue_model_dir
     assert json.loads(listed.stdout or "[]") == []  # nothing was queued
 
 
-def test_without_a_secret_each_worker_warns_once_that_webhooks_go_out_unsigned(
+def test_without_a_secret_each_worker_warns_once_at_its_first_unsigned_webhook(
     engine, monkeypatch, caplog
 ) -> None:
     import worker.webhook_sender as webhook_sender
 
     monkeypatch.setattr(webhook_sender, "_warned_unsigned", False)
     with caplog.at_level("WARNING", logger="worker.webhook_sender"):
-        for _ in range(2):
-            sender(engine).close()
-        sender(engine, secret=SECRET).close()
+        sender(engine).close()  # nothing to send: nothing to warn about
+        assert not [r for r in caplog.records if "LOOPFREE_WEBHOOK_SECRET" in r.message]
+        with webhook_receiver([204, 204]) as receiver:
+            for _ in range(2):
+                finished(engine, receiver.url)
+                hooks = sender(engine)
+                assert hooks.send_due() == 1
+                hooks.close()
     warnings = [r.message for r in caplog.records if "LOOPFREE_WEBHOOK_SECRET" in r.message]
     assert len(warnings) == 1 and "unsigned" in warnings[0]
