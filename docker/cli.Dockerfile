@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# Producer / CLI image: `loopfree submit`, `status`, `scale`, `db upgrade` (the migration job) and
-# `loopfree metrics` (the queue exporter). No torch, no CUDA: a few hundred MB instead of gigabytes.
+# Producer / CLI image: `loopfree submit`, `status`, `scale`, `db upgrade` (the migration job),
+# `loopfree metrics` (the queue exporter) and `loopfree ui` (the web view). No torch, no CUDA: a
+# few hundred MB instead of gigabytes.
 #
 #   docker build -f docker/cli.Dockerfile -t loopfree-cli .
 #   docker run --rm -v "$PWD:/data:ro" -e LOOPFREE_BROKER_URL=... loopfree-cli \

@@ -12,6 +12,7 @@ Modules, one concern each:
 - ``fleet_reads``  open work per model, oldest queued job, recent batch spans (fleet tools)
 - ``gallery``      bounded pages of submissions and jobs for the web view and contact sheets
 - ``workers``      the worker registry: announce, beat, retire, live workers, models served
+- ``webhooks``     the durable webhook outbox: enqueue, claim due deliveries, record outcomes
 - ``ids``          unique id prefixes (git-style) of submissions and jobs
 - ``overview``     recent submissions with counts and rates, open models, recent finishes
 - ``objects``      the ``ObjectStore`` interface, ``open_store(url)`` and key helpers
