@@ -40,6 +40,8 @@ from status.web.security import Guard
 from status.web.thumbs import HASH_PREFIX_CHARS, THUMB_PX, ThumbnailCache
 from storage.db import Engine, make_engine, session_scope
 from storage.gallery import JobFilter, job_for_image
+from storage.ids import AmbiguousId
+from storage.ids import resolve as resolve_id
 from storage.models import JobStatus
 from storage.objects import ObjectNotFound, ObjectStore, store_for
 
@@ -62,6 +64,26 @@ class WebView:
     thumbs: ThumbnailCache
     templates: Environment
 
+    def _id(self, request: Request, name: str) -> str:
+        """The full id in the path: a whole id, or a unique prefix of one (4+ characters,
+        git-style, as the CLI takes them); an ambiguous prefix is a 400 naming the candidates."""
+        value = request.path_params[name]
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+        kind = "submission" if name == "submission_id" else "job"
+        try:
+            with session_scope(self.engine) as session:
+                match = resolve_id(session, value, kinds=(kind,))
+        except AmbiguousId:
+            raise
+        except UserError:  # not an id prefix at all: no such page
+            match = None
+        if match is None:
+            raise views.NotFound(f"no {kind} has an id starting with {value!r}")
+        return match.id
+
     # -- HTML ---------------------------------------------------------------------------------
 
     def submissions(self, request: Request) -> Response:
@@ -70,7 +92,7 @@ class WebView:
         return self.render("submissions.html", submissions=summaries, page=page, refresh=refresh)
 
     def submission(self, request: Request) -> Response:
-        submission_id = _uuid(request, "submission_id")
+        submission_id = self._id(request, "submission_id")
         summary = views.submission_summary(self.engine, submission_id)
         wanted = _job_filter(request)
         jobs, page = views.submission_jobs(
@@ -94,7 +116,7 @@ class WebView:
         )
 
     def job(self, request: Request) -> Response:
-        record = views.job_detail(self.engine, _uuid(request, "job_id"))
+        record = views.job_detail(self.engine, self._id(request, "job_id"))
         return self.render(
             "job.html", job=record, refresh=record["status"] in ("queued", "running")
         )
@@ -112,12 +134,12 @@ class WebView:
     # -- images -------------------------------------------------------------------------------
 
     def image(self, request: Request) -> Response:
-        image_uri, _ = self._image_of(_uuid(request, "job_id"))
+        image_uri, _ = self._image_of(self._id(request, "job_id"))
         data = self.store.get(image_uri)
         return Response(data, media_type=image_type(data), headers={"Cache-Control": IMAGE_CACHE})
 
     def thumbnail(self, request: Request) -> Response:
-        job_id = _uuid(request, "job_id")
+        job_id = self._id(request, "job_id")
         # ``?v=`` is the image's hash prefix, which names the cached file: a cached thumbnail is
         # served without a database round trip (on SQLite every transaction takes the write
         # lock, and a grid asks for a hundred thumbnails at once).
@@ -146,12 +168,12 @@ class WebView:
         return JSONResponse({"submissions": [s.as_json() for s in summaries], **page.as_json()})
 
     def api_submission(self, request: Request) -> Response:
-        submission_id = _uuid(request, "submission_id")
+        submission_id = self._id(request, "submission_id")
         summary = views.submission_summary(self.engine, submission_id).as_json()
         return JSONResponse({**summary, **views.run_times(self.engine, submission_id)})
 
     def api_submission_jobs(self, request: Request) -> Response:
-        submission_id = _uuid(request, "submission_id")
+        submission_id = self._id(request, "submission_id")
         views.submission_summary(self.engine, submission_id)  # 404 for an unknown submission
         per_page = _int_param(request, "per_page", views.JOBS_PER_PAGE, views.MAX_JOBS_PER_PAGE)
         jobs, page = views.submission_jobs(
@@ -160,7 +182,7 @@ class WebView:
         return JSONResponse({"jobs": jobs, **page.as_json()})
 
     def api_job(self, request: Request) -> Response:
-        return JSONResponse(views.job_detail(self.engine, _uuid(request, "job_id")))
+        return JSONResponse(views.job_detail(self.engine, self._id(request, "job_id")))
 
     def api_workers(self, request: Request) -> Response:
         return JSONResponse(
@@ -280,14 +302,6 @@ def _duration(seconds: float | None) -> str:
 def _when(iso: str | None) -> str:
     """``2026-12-01T15:37:44+00:00`` as ``2026-12-01 15:37:44`` (times are UTC throughout)."""
     return "–" if not iso else iso.replace("T", " ").removesuffix("+00:00")
-
-
-def _uuid(request: Request, name: str) -> str:
-    value = request.path_params[name]
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise views.NotFound(f"{value!r} is not a submission or job id (a UUID)") from None
 
 
 def _int_param(request: Request, name: str, default: int, highest: int) -> int:

@@ -186,3 +186,21 @@ def test_images_are_served_with_the_content_type_their_bytes_say():
         picture.save(buffer, pillow_format)
         assert image_type(buffer.getvalue()) == f"image/{content_type}"
     assert image_type(b"<svg onload=alert(1)>") == "application/octet-stream"
+
+
+def test_pages_take_a_unique_id_prefix_as_the_cli_does(engine, migrated_db_url, tmp_path):
+    submission = add_submission(engine, 3)
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=migrated_db_url,
+        storage_url=(tmp_path / "store").as_uri(),
+    )
+    client = TestClient(create_app(settings, engine=engine))
+    page = client.get(f"/submissions/{submission[:8]}")
+    assert page.status_code == 200 and submission in page.text
+    job = job_id_for(submission, 1)
+    assert client.get(f"/api/jobs/{job[:8]}").json()["id"] == job
+    assert client.get(f"/api/submissions/{submission[:6]}").json()["id"] == submission
+    missing = client.get("/submissions/ffff0000")
+    assert missing.status_code == 404 and "no submission has an id starting with" in missing.text
+    assert client.get("/submissions/not-an-id").status_code == 404
