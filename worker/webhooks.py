@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,10 @@ def classify(status: int) -> Outcome:
     if status in (408, 429) or status >= 500:
         return Outcome(sent=False, retry=True, detail=f"HTTP {status}")
     return Outcome(sent=False, retry=False, detail=f"HTTP {status}: refused, not retried")
+
+
+# Host lookups of every attempt in this process; see ``_GuardedBackend._resolve_by_deadline``.
+_LOOKUPS = ThreadPoolExecutor(4, thread_name_prefix="loopfree-webhook-dns")
 
 
 def post(
@@ -181,7 +187,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        addresses = allowed_addresses(host, port, self._policy, self._resolve)
+        addresses = allowed_addresses(host, port, self._policy, self._resolve_by_deadline)
         error: Exception = httpcore.ConnectError(f"no address of {host} answered")
         for address in addresses:
             left = self._deadline - time.monotonic()
@@ -196,6 +202,19 @@ class _GuardedBackend(httpcore.NetworkBackend):
                 continue
             return _DeadlineStream(stream, self._deadline)
         raise error
+
+    def _resolve_by_deadline(self, host: str, port: int) -> Sequence[str]:
+        """The resolver's answer, or ``ConnectTimeout`` once the deadline passes: getaddrinfo
+        cannot be interrupted, so it runs on a lookup thread that the attempt stops waiting for
+        (a hung lookup holds that thread, never the sender)."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("the attempt's deadline has passed")
+        lookup = _LOOKUPS.submit(self._resolve, host, port)
+        try:
+            return lookup.result(timeout=left)
+        except FutureTimeout:
+            raise httpcore.ConnectTimeout(f"resolving {host} outlasted the deadline") from None
 
     def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
         raise httpcore.ConnectError("webhooks are not sent over Unix sockets")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 
 import pytest
@@ -182,6 +183,29 @@ def test_a_name_that_resolves_to_an_internal_address_at_send_time_is_refused() -
     outcome = post(url, b"{}", {}, policy=WebhookPolicy(), deadline_s=2, resolve=rebinding)
     assert not outcome.sent and not outcome.retry
     assert "127.0.0.1" in outcome.detail and "loopback" in outcome.detail
+
+
+def test_a_host_lookup_that_hangs_ends_the_attempt_at_its_deadline() -> None:
+    release = threading.Event()
+
+    def hanging(host, port):
+        release.wait(30)  # a resolver that never answers, until the test ends
+        return ["93.184.216.34"]
+
+    started = time.monotonic()
+    try:
+        outcome = post(
+            "http://hooks.example.com/done",
+            b"{}",
+            {},
+            policy=WebhookPolicy(),
+            deadline_s=1,
+            resolve=hanging,
+        )
+    finally:
+        release.set()
+    assert time.monotonic() - started < 5, "the attempt waited for the lookup"
+    assert not outcome.sent and outcome.retry and "within 1 s" in outcome.detail
 
 
 def test_a_delivery_left_by_a_stopped_sender_is_sent_by_the_next_one(engine) -> None:
