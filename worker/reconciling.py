@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fleet.reconcile import reconcile
@@ -29,11 +30,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def reconcile_once(engine: Engine, app: Celery, settings: Settings, holder: str) -> bool:
-    """Run one pass if it is this worker's turn; True if it ran. Errors are logged, not raised."""
+def reconcile_once(
+    engine: Engine,
+    app: Celery,
+    settings: Settings,
+    holder: str,
+    before_pass: Callable[[], None] | None = None,
+) -> bool:
+    """Run one pass if it is this worker's turn; True if it ran. Errors are logged, not raised.
+    ``before_pass`` runs first when it is (the worker beats the jobs it holds)."""
     try:
         if not take_turn(app, holder, every_s=settings.reconcile_interval_s):
             return False
+        if before_pass is not None:
+            before_pass()
         report = reconcile(
             engine, app, stuck_after_s=settings.stuck_after_s, publish_when_blind=False
         )
@@ -46,7 +56,13 @@ def reconcile_once(engine: Engine, app: Celery, settings: Settings, holder: str)
 
 
 def start_reconcile_loop(
-    engine: Engine, app: Celery, settings: Settings, holder: str, stop: threading.Event
+    engine: Engine,
+    app: Celery,
+    settings: Settings,
+    holder: str,
+    stop: threading.Event,
+    *,
+    before_pass: Callable[[], None] | None = None,
 ) -> threading.Thread | None:
     """Run :func:`reconcile_once` every ``reconcile_interval_s`` until ``stop``; None if off."""
     interval = settings.reconcile_interval_s
@@ -55,7 +71,7 @@ def start_reconcile_loop(
 
     def loop() -> None:
         while not stop.wait(interval):
-            reconcile_once(engine, app, settings, holder)
+            reconcile_once(engine, app, settings, holder, before_pass)
 
     thread = threading.Thread(target=loop, name="loopfree-reconcile", daemon=True)
     thread.start()

@@ -142,7 +142,11 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
     ).start()
     # Every worker takes its turn reconciling, so a dead worker's jobs come back in under a
     # minute without an operator (worker.reconciling).
-    start_reconcile_loop(engine, app, settings, name, stop)
+    # Its own held jobs are beaten first: a worker whose heartbeat thread lagged (a starved
+    # process) must not take its own live jobs for a dead worker's.
+    start_reconcile_loop(
+        engine, app, settings, name, stop, before_pass=lambda: _beat_held_jobs(runner)
+    )
     return WorkerRuntime(settings, app, runner, uploads, metrics, name, queue, stop, registration)
 
 
@@ -209,25 +213,26 @@ def _heartbeat_loop(
     # stale, or it would look busy for as long as the worker lives.
     while not stop.wait(interval):
         registration.beat()  # the worker itself is alive, busy or idle
-        held = runner.held_job_ids()
-        if not held:
-            continue
         try:
-            with session_scope(runner.outlets.engine) as session:
-                job_store.heartbeat(session, runner.worker_name, job_ids=held)
+            _beat_held_jobs(runner)
         except Exception as error:  # noqa: BLE001 - a missed heartbeat must not kill the worker
             log.warning("heartbeat failed: %s", error)
+
+
+def _beat_held_jobs(runner: BatchRunner) -> None:
+    """Refresh the heartbeat of the jobs this worker's deliveries hold right now."""
+    held = runner.held_job_ids()
+    if held:
+        with session_scope(runner.outlets.engine) as session:
+            job_store.heartbeat(session, runner.worker_name, job_ids=held)
 
 
 def _beat_after_outage(runner: BatchRunner, dependency: str) -> None:
     """The database is back after an outage (``worker.outage``): beat the held jobs at once
     rather than up to a heartbeat later, so a reconcile pass right after the outage finds them
     fresh and leaves them to this worker instead of taking them for a dead worker's."""
-    held = runner.held_job_ids()
-    if dependency != DATABASE or not held:
-        return
-    with session_scope(runner.outlets.engine) as session:
-        job_store.heartbeat(session, runner.worker_name, job_ids=held)
+    if dependency == DATABASE:
+        _beat_held_jobs(runner)
 
 
 def pool_options(max_batch: int) -> dict[str, object]:
