@@ -51,6 +51,7 @@ from tests.harness import (  # noqa: E402
     throwaway_database,
     wait_until,
 )
+from tests.storage.helpers import mark_succeeded  # noqa: E402
 
 TARGET_MS = 300.0
 CHUNK = 1_000
@@ -103,7 +104,7 @@ def populate(url: str, store_url: str, count: int, images: int) -> str:
                         stored = store.put_png(key, png(index), metadata={})
                         uri, size, digest = stored.uri, stored.size, stored.sha256
                     result = transitions.JobResult(uri, size, digest, 0.5, 0.02, 0.5)
-                    transitions.mark_succeeded(session, job_id, result)
+                    mark_succeeded(session, job_id, result)
                 elif index < succeeded + failed:
                     transitions.mark_failed(session, job_id, "sampler failed: synthetic error")
     engine.dispose()

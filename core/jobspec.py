@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from core.errors import InvalidJob
+from core.errors import InvalidJob, UserError
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -47,6 +47,10 @@ MAX_METADATA_BYTES = 16 * 1024
 # The width of ``jobs.model``: a model is stored as written (hub id) or as its resolved absolute
 # path (local folder), and either must fit, or PostgreSQL refuses the whole submission.
 MAX_MODEL_CHARS = 255
+# Who submitted: a user or service name the fleet is shared between (``fleet.dispatch``), shown
+# in listings and later bound to API tokens; short, printable, no spaces.
+MAX_OWNER_CHARS = 64
+OWNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}", re.ASCII)
 # The hub's own limit on an ``owner/name`` id (huggingface_hub's validate_repo_id).
 MAX_HUB_ID_CHARS = 96
 # Celery's Redis and RabbitMQ transports both order priorities 0..9, 9 first; job priorities use
@@ -316,6 +320,16 @@ def check_image_quality(quality: int, name: str = "image_quality") -> int:
             "(90 is visually lossless for photos)"
         )
     return quality
+
+
+def check_owner(owner: str) -> str:
+    """A submitter's name as the fleet shares it (``--owner``, ``LOOPFREE_OWNER``), or UserError."""
+    if not isinstance(owner, str) or OWNER_PATTERN.fullmatch(owner) is None:
+        raise UserError(
+            f"owner {_short(owner)} is not a valid name: use 1 to {MAX_OWNER_CHARS} letters, "
+            "digits and . _ @ + - (starting with a letter or digit), e.g. --owner alice"
+        )
+    return owner
 
 
 def is_hub_id(model: str) -> bool:

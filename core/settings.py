@@ -119,6 +119,21 @@ class Settings(BaseSettings):
     # it with jittered exponential backoff up to this many seconds apart: a worker resumes within
     # this long of the outage's end, and a fleet of 100 paused workers sends ~3 probes a second.
     outage_probe_max_s: float = Field(default=30.0, gt=0)
+    # The broker holds a window of each model's queued jobs, not the backlog (fleet.dispatch): at
+    # least window_min messages (a worker that starts finds work at once), at most window_max
+    # (Redis memory: ~700 bytes a message, so 10,000 is ~7 MB per model).
+    window_min: int = Field(default=64, ge=1, le=1_000_000)
+    window_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Every live worker tops its model's window up after each claim and at least this often.
+    dispatch_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    # A submission of at most this many jobs goes straight into the broker with its rows; larger
+    # ones wait in the database for the dispatcher, which shares the fleet fairly.
+    direct_publish_max: int = Field(default=1_000, ge=0, le=100_000)
+    # Who submits (`submit --owner`): the fleet is shared fairly between owners. Unset: the
+    # operating system's user name.
+    owner: str | None = Field(default=None, description="Owner of submissions (default: OS user).")
+    # Owners' shares of a busy fleet relative to each other: "alice=2,bots=0.5" (others weigh 1).
+    owner_weights: str = Field(default="", description="Fair-share weights: NAME=WEIGHT,...")
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # SQLite (the embedded default) is always created/migrated by the command that opens it; a
     # shared PostgreSQL database changes only by `loopfree db upgrade`, unless this is set.
@@ -147,6 +162,42 @@ class Settings(BaseSettings):
     # A failed delivery is retried with backoff (10 s doubling, capped at 10 min) until this long
     # after the submission finished; the first attempt that fails after that gives up.
     webhook_retry_s: float = Field(default=3600.0, ge=0)
+
+    @property
+    def resolved_owner(self) -> str:
+        """``owner``, or the operating system's user name; checked (``UserError`` if invalid)."""
+        from core.jobspec import check_owner
+
+        if self.owner:
+            return check_owner(self.owner)
+        import getpass
+        import re
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no user name (a container with a bare uid)
+            user = "unknown"
+        return re.sub(r"[^A-Za-z0-9._@+-]", "-", user).lstrip("._@+-")[:64] or "unknown"
+
+    @property
+    def owner_weight_map(self) -> dict[str, float]:
+        """``owner_weights`` parsed; a malformed entry is a ``UserError`` naming it."""
+        from core.errors import UserError
+
+        weights: dict[str, float] = {}
+        for entry in filter(None, (part.strip() for part in self.owner_weights.split(","))):
+            owner, _, value = entry.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = -1.0
+            if not owner.strip() or not weight > 0:
+                raise UserError(
+                    f"LOOPFREE_OWNER_WEIGHTS: {entry!r} is not NAME=WEIGHT with a positive "
+                    "weight; write e.g. alice=2,bots=0.5"
+                )
+            weights[owner.strip()] = weight
+        return weights
 
     @property
     def webhook_policy(self) -> WebhookPolicy:

@@ -1,14 +1,27 @@
-"""The reconciler: take back what dead workers held and re-publish what the broker lost.
+"""The reconciler: take back what dead workers held, re-publish what the broker lost, finish what
+was cancelled. Its cost follows the work in flight, never the backlog.
 
 The database row is the truth and a message is only a hint, so the reconciler is safe to run at
 any time, beside workers and beside another run of itself: a duplicate message cannot claim a job
-twice (``storage.jobs`` guards every claim).
+twice (``storage.jobs`` guards every claim). One pass:
 
-Two callers: ``loopfree requeue`` (:func:`requeue`, on demand or from a CronJob) and every live
+1. **Running jobs of dead workers.** A running job whose heartbeat is older than ``stuck_after_s``
+   goes back to ``queued``, in the window, and its message is published again.
+2. **Lost messages in the window.** A window job (queued, with a message: ``fleet.dispatch``) is
+   vouched for by the broker while its message waits there, and by a live worker while the worker
+   holds it unclaimed (it refreshes ``jobs.dispatched_at`` with its heartbeat). One whose
+   ``dispatched_at`` is older than ``stuck_after_s`` and whose message no longer waits in the
+   model's lists was lost: a worker died holding it, or Redis lost its data (a restart without
+   persistence, ``FLUSHALL``). It is published again. Only the window is read, SQL and Redis
+   alike: a few thousand rows and messages per model at most, however long the backlog.
+3. **Cancelled submissions** still holding queued rows (``loopfree cancel`` moves what it can in a
+   few seconds) have the next chunk of them moved to ``cancelled``, in a short transaction.
+
+Two callers: ``loopfree requeue`` (on demand or from a CronJob) and every live
 worker's reconcile loop (``worker.reconciling``, one worker at a time), which is what brings a
 killed worker's jobs back within a minute with no operator. Workers import this module (the one
-stage-to-stage import, ``worker -> fleet``, one way): the reconcile pass needs both ``storage``
-and ``taskqueue``, so it cannot live in either base layer.
+stage-to-stage import, ``worker -> fleet``, one way): the pass needs both ``storage`` and
+``taskqueue``, so it cannot live in either base layer.
 
 Nothing here waits on a stalled process: rows locked by another transaction are skipped
 (``SKIP LOCKED``) and taken on the next pass, and every other statement waits at most
@@ -18,13 +31,11 @@ Nothing here waits on a stalled process: rows locked by another transaction are 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from core.settings import Settings
-from storage.db import bound_lock_waits, make_engine, session_scope
+from storage.db import bound_lock_waits, session_scope
 from storage.models import utcnow
 
 if TYPE_CHECKING:
@@ -34,52 +45,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CANCEL_CHUNK = 20_000
+"""Queued rows of a cancelled submission moved to ``cancelled`` per transaction: about a second
+of PostgreSQL's time, so no lock is held for long and a pass stays short."""
+
+CANCEL_CHUNKS_PER_PASS = 5
+"""A worker's pass moves at most this many chunks; the next pass goes on."""
+
+STALE_PER_PASS = 20_000
+"""Window jobs one pass checks per model, oldest first (the window's ceiling, twice)."""
+
 
 @dataclass(frozen=True)
 class ReconcileReport:
-    released: int = 0  # running jobs of dead or stalled workers put back to queued
-    requeued_failed: int = 0  # failed jobs queued again (--failed)
-    published: int = 0  # queued jobs that had no live message, published again
-    already_in_broker: int = 0  # queued jobs with a message waiting or recently delivered
-    lost_unacked: int = 0  # of the published: their only message was an old unacked one
+    released: int = 0  # running jobs of dead or stalled workers, back in the window
+    requeued_failed: int = 0  # failed jobs back in the backlog (--failed)
+    republished: int = 0  # window jobs whose message was lost, published again
+    cancelled: int = 0  # queued jobs of cancelled submissions moved to cancelled
+    window_checked: int = 0  # window jobs old enough to check
 
     def to_json(self) -> dict[str, int]:
-        """What `loopfree requeue` prints (``lost_unacked`` is part of ``published``)."""
-        counts = asdict(self)
-        del counts["lost_unacked"]
-        return counts
+        """What `loopfree requeue` prints."""
+        return asdict(self)
 
     @property
     def changed_anything(self) -> bool:
-        return bool(self.released or self.requeued_failed or self.published)
-
-
-def requeue(
-    settings: Settings, *, stuck: bool, failed: bool, submission_id: str | None
-) -> dict[str, int]:
-    """Take back what dead workers held and re-publish what the broker lost.
-
-    ``--stuck``: jobs running with a heartbeat older than ``stuck_after_s`` go back to queued.
-    ``--failed``: failed jobs are queued again with fresh attempts. Then every queued job with no
-    live message in the broker is published again (see :func:`reconcile`); where the broker
-    cannot be read (not Redis), every queued job is, which is safe too (a duplicate message cannot
-    claim a job twice). Safe to run at any time, beside workers and beside another run.
-    """
-    from taskqueue.app import make_celery
-
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        report = reconcile(
-            engine,
-            make_celery(settings),
-            stuck_after_s=settings.stuck_after_s,
-            stuck=stuck,
-            failed=failed,
-            submission_id=submission_id,
-        )
-    finally:
-        engine.dispose()
-    return report.to_json()
+        return bool(self.released or self.requeued_failed or self.republished or self.cancelled)
 
 
 def reconcile(
@@ -91,27 +82,20 @@ def reconcile(
     failed: bool = False,
     submission_id: str | None = None,
     publish_when_blind: bool = True,
+    cancel_chunks: int | None = CANCEL_CHUNKS_PER_PASS,
 ) -> ReconcileReport:
-    """One pass: release stale running jobs, requeue failed ones if asked, publish queued jobs
-    that have no live message.
-
-    A queued job's message is *live* if it waits in a queue list or was delivered to a worker
-    less than ``stuck_after_s`` ago. A message delivered earlier and never acknowledged belongs
-    to a worker that died (or holds it far longer than any batch takes): kombu would return it
-    only after the visibility timeout, an hour, so the job is published again and the old entry
-    dropped. If a live worker did still hold it, its job now has two messages; the second
-    delivery claims nothing. ``publish_when_blind``: where the broker cannot be read, publish
-    every queued job (an operator's run) or only the ones this pass released (a worker's loop,
-    which runs every few seconds and must not flood the queue with duplicates).
-    """
+    """One pass (see the module's docstring). ``publish_when_blind``: where the broker cannot be
+    read, publish every stale window job again (an operator's run) or none (a worker's loop,
+    which runs every few seconds and must not flood the queue with duplicates: there, one worker
+    in one process holds every message it took). ``cancel_chunks``: chunks of cancelled rows to
+    move, None for all of them."""
     from storage.jobs import WORKER_STOPPED, release_abandoned, requeue_failed
-    from storage.queries import find_stuck_running, queued_job_keys
+    from storage.queries import find_stuck_running
     from storage.submissions import reopen_submissions
-    from taskqueue import redis_publish
-    from taskqueue.app import publish_jobs, queue_name
+    from taskqueue.app import publish_jobs
 
     cutoff = utcnow() - timedelta(seconds=stuck_after_s)
-    released: list[str] = []
+    released: list[tuple[str, str, int]] = []
     requeued = 0
     with session_scope(engine) as session:
         bound_lock_waits(session)
@@ -122,48 +106,85 @@ def reconcile(
         if stuck:
             abandoned = [
                 job.id
-                for job in find_stuck_running(session, heartbeat_before=cutoff, limit=1_000_000)
+                for job in find_stuck_running(session, heartbeat_before=cutoff)
                 if submission_id is None or job.submission_id == submission_id
             ]
             released = release_abandoned(
                 session, abandoned, heartbeat_before=cutoff, error=WORKER_STOPPED
             )
-    # The broker is read after the database: a message delivered since the read above is newer
-    # than the cutoff, so it counts as live; one popped and not yet recorded as unacked is
-    # missed, and its job gets a harmless second message.
-    with session_scope(engine) as session:
-        queued = queued_job_keys(session, submission_id=submission_id)
-    view: redis_publish.BrokerView | None = None
-    if queued and redis_publish.supports(app.conf.broker_url):
-        try:
-            view = redis_publish.read_broker(app, {queue_name(model) for _, model, _ in queued})
-        except Exception as error:  # noqa: BLE001 - any failure here means "cannot see"
-            log.warning("could not read the broker's messages (%s)", error)
-    delivered_after = time.time() - stuck_after_s
-    if view is not None:
-        to_publish = [
-            job
-            for job in queued
-            if not view.has_live_message(job[0], delivered_after=delivered_after)
-        ]
-    elif publish_when_blind:
-        to_publish = queued
-    else:
-        wanted = set(released)
-        to_publish = [job for job in queued if job[0] in wanted]
-    published = publish_jobs(app, to_publish)
-    lost = 0
-    if view is not None and to_publish:
-        stale = view.stale_tags((job[0] for job in to_publish), delivered_before=delivered_after)
-        lost = len({job[0] for job in to_publish} & set(view.unacked))
-        try:
-            redis_publish.forget_unacked(app, stale)
-        except Exception as error:  # noqa: BLE001 - a stale entry left costs a late duplicate
-            log.warning("could not drop stale unacknowledged messages: %s", error)
+    if released:
+        publish_jobs(app, released)
+    checked, republished = (0, 0)
+    if stuck:
+        checked, republished = _republish_lost(engine, app, cutoff, publish_when_blind)
+    cancelled = _finish_cancellations(engine, chunks=cancel_chunks)
     return ReconcileReport(
         released=len(released),
         requeued_failed=requeued,
-        published=published,
-        already_in_broker=len(queued) - len(to_publish),
-        lost_unacked=lost,
+        republished=republished,
+        cancelled=cancelled,
+        window_checked=checked,
     )
+
+
+def _republish_lost(
+    engine: Engine, app: Celery, cutoff: datetime, publish_when_blind: bool
+) -> tuple[int, int]:
+    """Publish again the window jobs whose message is gone; returns (checked, published).
+
+    The database is read first, then the broker: a message popped by a worker after the read
+    is vouched for by the worker's next heartbeat, and one popped and not yet recorded is
+    published again, harmlessly."""
+    from storage.window import models_in_window, redispatch, stale_in_window
+    from taskqueue.app import publish_jobs, queue_name
+    from taskqueue.redis_lists import supports, waiting_job_ids
+
+    readable = supports(app.conf.broker_url)
+    if not readable and not publish_when_blind:
+        return 0, 0
+    checked = published = 0
+    with session_scope(engine) as session:
+        models = models_in_window(session)
+    for model in models:
+        with session_scope(engine) as session:
+            stale = stale_in_window(session, model, dispatched_before=cutoff, limit=STALE_PER_PASS)
+        if not stale:
+            continue
+        checked += len(stale)
+        if readable:
+            try:
+                waiting = waiting_job_ids(app, queue_name(model))
+            except Exception as error:  # noqa: BLE001 - cannot see: try on the next pass
+                log.warning("could not read the broker's queue of %s (%s)", model, error)
+                continue
+            lost = [job_id for job_id, _ in stale if job_id not in waiting]
+        else:
+            lost = [job_id for job_id, _ in stale]
+        if not lost:
+            continue
+        with session_scope(engine) as session:
+            again = redispatch(session, lost)
+        published += publish_jobs(app, again)
+        log.info("published again %d window jobs of %s whose messages were lost", len(again), model)
+    return checked, published
+
+
+def _finish_cancellations(engine: Engine, *, chunks: int | None) -> int:
+    """Move queued rows of cancelled submissions to ``cancelled``, a chunk per transaction."""
+    from storage.submissions import cancel_some, cancelled_with_queued
+
+    with session_scope(engine) as session:
+        pending = cancelled_with_queued(session)
+    moved = 0
+    budget = chunks
+    for submission_id in pending:
+        while budget is None or budget > 0:
+            with session_scope(engine) as session:
+                bound_lock_waits(session)
+                count = cancel_some(session, submission_id, limit=CANCEL_CHUNK)
+            moved += count
+            if budget is not None:
+                budget -= 1
+            if count < CANCEL_CHUNK:
+                break
+    return moved

@@ -18,7 +18,7 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from random import Random
@@ -43,8 +43,8 @@ SUPPORTED_FORMATS = ("txt", "jsonl", "csv")
 LINE_FIELDS = (*FIELD_NAMES, "num_images")
 # A million JSONL prompts take about 100 MB; far bigger files are mistakes (a dataset, a binary).
 MAX_FILE_BYTES = 200 * 1024 * 1024
-# Every job is held in memory (about 0.5 KB with a short prompt) until all lines are validated, so
-# this bounds a parse at roughly 0.5 GB; larger runs should be split into several files anyway.
+# Jobs are streamed, never all held; the bound keeps one submission a size that one `status`,
+# one cancel and one export handle in seconds: larger runs are several submissions.
 MAX_JOBS = 1_000_000
 # The longest valid line (a 10,000-character prompt escaped as JSON, 16 KB of metadata) fits many
 # times over; a longer line is skipped without being read into memory whole.
@@ -102,6 +102,8 @@ class ParseResult:
     skipped_count: int  # can exceed len(skipped): only the first KEPT_ERRORS are kept
     format: str
     source: str
+    # Jobs the file holds: len(jobs), or, when they went to a sink, how many went there.
+    job_count: int = 0
 
     @property
     def specs(self) -> list[JobSpec]:
@@ -140,12 +142,17 @@ def parse_prompt_file(
     skip_invalid: bool = False,
     model_roots: Sequence[Path] = (),
     format: str | None = None,
+    sink: Callable[[ParsedJob], None] | None = None,
 ) -> ParseResult:
     """Parse a prompt file; the format comes from its extension unless ``format`` names it.
 
     Raises ``PromptFileError`` for an unreadable, oversized, empty or (unless ``skip_invalid``)
     partly invalid file, and ``InvalidJob`` for invalid ``defaults``. Local model paths, in lines
     or defaults, must lie under ``model_roots`` when it is non-empty.
+
+    ``sink``: each job is handed to it as it is parsed instead of being kept in the result, so a
+    file of any length is parsed in constant memory (``producer.submit`` parses twice: once to
+    validate every line, once to store the jobs in chunks).
     """
     source = os.fspath(path)
     if format is None:
@@ -163,7 +170,7 @@ def parse_prompt_file(
                 raise PromptFileError(source, _too_big(size))
             return parse_prompts(
                 stream, format=format, defaults=defaults, skip_invalid=skip_invalid,
-                model_roots=model_roots, source=source,
+                model_roots=model_roots, source=source, sink=sink,
             )  # fmt: skip
     except OSError as exc:
         raise PromptFileError(
@@ -179,15 +186,17 @@ def parse_prompts(
     skip_invalid: bool = False,
     model_roots: Sequence[Path] = (),
     source: str = "<input>",
+    sink: Callable[[ParsedJob], None] | None = None,
 ) -> ParseResult:
-    """Parse prompts from text, bytes or an open stream (stdin, tests) in the given format."""
+    """Parse prompts from text, bytes or an open stream (stdin, tests) in the given format;
+    ``sink`` as for ``parse_prompt_file``."""
     fmt = _check_format(format, source)
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")  # a lone surrogate becomes a bad line
     if isinstance(data, io.TextIOBase):
         data = data.read(MAX_FILE_BYTES + 1).encode("utf-8", "surrogatepass")
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
-    collector = _Collector(defaults, model_roots, source)
+    collector = _Collector(defaults, model_roots, source, sink)
     lines = _physical_lines(stream, source)
     if fmt == "txt":
         _read_txt(lines, collector)
@@ -214,11 +223,19 @@ def _too_big(size: int) -> str:
 class _Collector:
     """Turns each line's fields into jobs (expanding num_images, assigning seeds) or a LineError."""
 
-    def __init__(self, defaults: JobDefaults, model_roots: Sequence[Path], source: str) -> None:
+    def __init__(
+        self,
+        defaults: JobDefaults,
+        model_roots: Sequence[Path],
+        source: str,
+        sink: Callable[[ParsedJob], None] | None = None,
+    ) -> None:
         self.defaults = defaults
         self.model_roots = tuple(model_roots)
         self.source = source
         self.jobs: list[ParsedJob] = []
+        self.job_count = 0
+        self._emit: Callable[[ParsedJob], None] = sink or self.jobs.append
         self.errors: list[LineError] = []
         self.error_count = 0
         self._models: dict[str, str | InvalidJob] = {}
@@ -290,7 +307,7 @@ class _Collector:
         elif self._base["metadata"] and isinstance(fields["metadata"], dict):
             data["metadata"] = {**self._base["metadata"], **fields["metadata"]}
 
-        position = len(self.jobs)
+        position = self.job_count
         if position + count > MAX_JOBS:
             raise PromptFileError(self.source, f"holds more than {MAX_JOBS:,} jobs; split it")
         seed = data.pop("seed", None)
@@ -315,11 +332,12 @@ class _Collector:
         if problems:
             raise InvalidJob(" | ".join(problems))
 
-        self.jobs.append(ParsedJob(spec, line_number, position))
+        self._emit(ParsedJob(spec, line_number, position))
         drawn = "seed" not in fields and seed_base is None
         for k in range(1, count):
             next_seed = self._random_seed() if drawn else seed + k
-            self.jobs.append(ParsedJob(replace(spec, seed=next_seed), line_number, position + k))
+            self._emit(ParsedJob(replace(spec, seed=next_seed), line_number, position + k))
+        self.job_count += count
 
     def _random_seed(self) -> int:
         # Recorded in the job, so a random image can still be reproduced.
@@ -353,10 +371,12 @@ class _Collector:
                 self.errors,
                 count,
             )
-        if not self.jobs:
+        if not self.job_count:
             problem = "has no valid prompts" if count else "contains no prompts"
             raise PromptFileError(self.source, problem, self.errors, count)
-        return ParseResult(tuple(self.jobs), tuple(self.errors), count, fmt, self.source)
+        return ParseResult(
+            tuple(self.jobs), tuple(self.errors), count, fmt, self.source, self.job_count
+        )
 
 
 def _check_num_images(count: Any) -> None:

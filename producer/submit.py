@@ -1,20 +1,36 @@
-"""Submitting a prompt file: validate every line, record the jobs in SQL, then publish them.
+"""Submitting a prompt file: validate every line, record the jobs in SQL, send small ones out.
 
-Order matters: rows are committed before any message is published, so a job is never in the queue
-without its row. A crash between the two leaves queued rows without messages; submitting the same
-file again (same idempotency key) finds the submission, inserts only missing jobs and re-publishes
-every job still queued. A duplicate message is harmless: only one delivery can claim a job.
+The file is streamed twice and never held whole, so memory stays flat whatever its size:
+
+1. **Validate.** Every line is parsed and checked (``producer.prompts``); only counts, the models
+   it names and the bad lines are kept. A bad line refuses the whole file before anything is
+   written (unless ``--skip-invalid``), and so does a model no worker could ever load
+   (``producer.models``), or an option that contradicts the submission already made with the
+   same key.
+2. **Store.** The file is parsed again and its jobs are inserted in chunks of ``CHUNK_JOBS``, each
+   chunk in a transaction of its own (COPY on PostgreSQL), with a progress bar on a terminal.
+
+The database is the backlog: a submission of at most ``LOOPFREE_DIRECT_PUBLISH_MAX`` jobs has its
+messages published right after its rows (it goes straight out); a larger one waits in the database,
+and the workers' dispatcher sends it a window at a time, sharing the fleet fairly between owners
+and submissions (``fleet.dispatch``). Rows are committed before any message is published, so a job
+is never in the queue without its row. A crash part-way leaves rows the next submit of the same
+file (same idempotency key) completes; a message lost on the way is published again by the
+reconciler.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.errors import UserError
 from core.jobspec import DEFAULT_IMAGE_FORMAT, ParsedJob
 from core.modelinfo import canonical_model, native_size
 from core.settings import Settings
@@ -23,99 +39,54 @@ from producer.prompts import JobDefaults, ParseResult, parse_prompt_file
 if TYPE_CHECKING:
     from celery import Celery
 
+    from storage.db import Engine
+
+CHUNK_JOBS = 10_000
+"""Jobs per insert transaction: a second or so of database time, a few MB of Python objects."""
+
+
+class OptionsDiffer(UserError):
+    """A submission with this idempotency key exists, made with other options or another file."""
+
 
 @dataclass(frozen=True)
 class SubmitReport:
     submission_id: str
     created: bool  # False: the idempotency key matched an earlier submission
-    jobs: int  # jobs in the submission
+    jobs: int  # jobs in the file
     inserted: int  # jobs this call added
-    published: int  # messages this call published
+    published: int  # messages this call published (the rest wait for the dispatcher)
     skipped_lines: int  # invalid lines left out with --skip-invalid
     parse: ParseResult
+    models: dict[str, int]  # jobs per model
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """What pass 1 learned of a file: its validation result and its jobs per model."""
+
+    parse: ParseResult
+    models: dict[str, int]
+
+    @property
+    def jobs(self) -> int:
+        return self.parse.job_count
 
 
 def default_key(path: Path, defaults: JobDefaults) -> str:
     """Same file content and options -> same key, so a resubmit after a crash dedupes."""
-    digest = hashlib.sha256()
+    return _digests(path, _defaults_record(defaults))[0]
+
+
+def _digests(path: Path, options: dict[str, Any]) -> tuple[str, str]:
+    """(the default idempotency key, the sha256 of the file's content), in one read."""
+    whole, content = hashlib.sha256(), hashlib.sha256()
     with path.open("rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    options = _defaults_record(defaults)
-    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
-    return "sha256:" + digest.hexdigest()
-
-
-def submit_file(
-    settings: Settings,
-    path: Path,
-    defaults: JobDefaults,
-    *,
-    skip_invalid: bool = False,
-    key: str | None = None,
-    webhook_url: str | None = None,
-    format: str | None = None,
-    check: Callable[[list[ParsedJob]], None] | None = None,
-) -> SubmitReport:
-    """Parse, record and publish ``path``; raises ``PromptFileError`` before touching anything.
-
-    ``format`` (txt, jsonl, csv) overrides the file's extension; ``check`` sees the validated jobs
-    before anything is written and may refuse them by raising (``--require-worker``).
-    ``webhook_url`` must pass ``core.webhooks.check_webhook_url`` (http(s), a public address
-    unless ``LOOPFREE_WEBHOOK_ALLOW`` lists the host): ``WebhookRefused`` says why not."""
-    if webhook_url is not None:
-        from core.webhooks import check_webhook_url
-
-        check_webhook_url(webhook_url, settings.webhook_policy)
-    parsed, new_jobs = plan_file(
-        settings, path, defaults, skip_invalid=skip_invalid, format=format
-    )
-    defaults = _with_canonical_model(defaults)
-    if key is None:
-        key = default_key(path, defaults)
-    # Imported here so `loopfree --help` and argument errors stay instant.
-    from storage.db import make_engine, session_scope
-    from storage.queries import queued_job_keys
-    from storage.submissions import create_submission, insert_jobs, job_id_for
-    from taskqueue.app import make_celery, publish_jobs
-
-    engine = make_engine(settings.resolved_database_url)
-    app = make_celery(settings)
-    # Fail fast, before any row is written, if the broker is down; only then is it worth saying
-    # whether a worker will take the jobs.
-    _check_broker(app)
-    if check is not None:
-        check(new_jobs)
-    with session_scope(engine) as session:
-        ref = create_submission(
-            session,
-            source=path.name,
-            defaults=_defaults_record(defaults),
-            job_count=len(new_jobs),
-            idempotency_key=key,
-            webhook_url=webhook_url,
-        )
-        # A new submission takes the COPY fast path; a resumed one skips positions it has.
-        inserted = insert_jobs(session, ref.id, new_jobs, skip_existing=not ref.created)
-    if ref.created:
-        # Every job of a new submission is queued and its id follows from its position.
-        to_publish = [
-            (job_id_for(ref.id, job.position), job.spec.model, job.spec.priority)
-            for job in new_jobs
-        ]
-    else:
-        with session_scope(engine) as session:
-            to_publish = queued_job_keys(session, submission_id=ref.id)
-    published = publish_jobs(app, to_publish)
-    return SubmitReport(
-        submission_id=ref.id,
-        created=ref.created,
-        jobs=len(new_jobs),
-        inserted=inserted,
-        published=published,
-        skipped_lines=parsed.skipped_count,
-        parse=parsed,
-    )
+            whole.update(block)
+            content.update(block)
+    whole.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return "sha256:" + whole.hexdigest(), content.hexdigest()
 
 
 def plan_file(
@@ -125,37 +96,265 @@ def plan_file(
     *,
     skip_invalid: bool = False,
     format: str | None = None,
-) -> tuple[ParseResult, list[ParsedJob]]:
-    """Validate ``path`` and return its jobs as they would be stored, touching nothing:
-    ``submit --dry-run``, and the first step of ``submit_file``."""
+) -> FilePlan:
+    """Validate ``path`` (pass 1), touching nothing: ``submit --dry-run``, and the first step of
+    ``submit_file``. Keeps counts, not jobs."""
     defaults = _with_canonical_model(defaults)
+    models: Counter[str] = Counter()
+    resolve = _Resolver()
+
+    def count(job: ParsedJob) -> None:
+        models[resolve.model(job.spec.model)] += 1
+
     parsed = parse_prompt_file(
         path,
         defaults=defaults,
         skip_invalid=skip_invalid,
         model_roots=settings.model_roots,
         format=format,
+        sink=count,
     )
-    return parsed, _as_stored(parsed.jobs)
+    return FilePlan(parsed, dict(models))
 
 
-def _as_stored(jobs: tuple[ParsedJob, ...]) -> list[ParsedJob]:
+def submit_file(
+    settings: Settings,
+    path: Path,
+    defaults: JobDefaults,
+    *,
+    engine: Engine,
+    app: Celery,
+    skip_invalid: bool = False,
+    key: str | None = None,
+    new: bool = False,
+    webhook_url: str | None = None,
+    owner: str | None = None,
+    format: str | None = None,
+    check: Callable[[FilePlan], None] | None = None,
+    progress: bool = False,
+) -> SubmitReport:
+    """Validate, record and (if small) publish ``path``; raises before touching anything when a
+    line, a model or an option is wrong (see the module's docstring).
+
+    ``engine`` and ``app``: the process's database engine and Celery app (built once where the
+    process starts). ``new``: make a new submission even if this file was submitted before with
+    the same options. ``check`` sees the plan before anything is written and may refuse it by
+    raising (``--require-worker``, the hub check). ``webhook_url`` must pass
+    ``core.webhooks.check_webhook_url``."""
+    from core.webhooks import check_webhook_url
+    from producer.options import check_submission_options
+    from storage.db import session_scope
+    from storage.submissions import create_submission, find_by_key
+    from taskqueue.app import check_broker
+
+    owner = owner or settings.resolved_owner
+    check_submission_options(webhook=webhook_url, key=key, source=path.name)
+    if webhook_url is not None:
+        check_webhook_url(webhook_url, settings.webhook_policy)
+    plan = plan_file(settings, path, defaults, skip_invalid=skip_invalid, format=format)
+    defaults = _with_canonical_model(defaults)
+    record = _defaults_record(defaults)
+    default, content = _digests(path, record)
+    if key is None:
+        key = f"{default}:{_nonce()}" if new else default
+    # Fail fast, before any row is written, if the broker is down; only then is it worth saying
+    # whether a worker will take the jobs.
+    check_broker(app, doing="submit anything")
+    if check is not None:
+        check(plan)
+    options = {**record, "content_sha256": content}
+    with session_scope(engine) as session:
+        existing = find_by_key(session, key)
+        if existing is not None:
+            _refuse_other_options(existing, options, webhook_url, owner, new_key_hint=new)
+        ref = create_submission(
+            session,
+            source=path.name,
+            defaults=options,
+            job_count=plan.jobs,
+            idempotency_key=key,
+            webhook_url=webhook_url,
+            owner=owner,
+        )
+    direct = plan.jobs if ref.created and plan.jobs <= settings.direct_publish_max else 0
+    inserted, straight_out = _store_jobs(
+        settings,
+        engine,
+        path,
+        defaults,
+        ref.id,
+        skip_invalid=skip_invalid,
+        format=format,
+        resume=not ref.created,
+        dispatch_below=direct,
+        total=plan.jobs,
+        progress=progress,
+    )
+    published = _publish(app, engine, straight_out)
+    return SubmitReport(
+        submission_id=ref.id,
+        created=ref.created,
+        jobs=plan.jobs,
+        inserted=inserted,
+        published=published,
+        skipped_lines=plan.parse.skipped_count,
+        parse=plan.parse,
+        models=plan.models,
+    )
+
+
+def _store_jobs(
+    settings: Settings,
+    engine: Engine,
+    path: Path,
+    defaults: JobDefaults,
+    submission_id: str,
+    *,
+    skip_invalid: bool,
+    format: str | None,
+    resume: bool,
+    dispatch_below: int,
+    total: int,
+    progress: bool,
+) -> tuple[int, list[tuple[str, str, int]]]:
+    """Pass 2: parse again and insert the jobs a chunk per transaction. Returns how many were
+    inserted and the ``(id, model, priority)`` of those that go straight out."""
+    from storage.db import session_scope
+    from storage.submissions import insert_jobs, job_id_for
+
+    resolve = _Resolver()
+    chunk: list[ParsedJob] = []
+    straight_out: list[tuple[str, str, int]] = []
+    inserted = 0
+
+    with _progress_bar(progress, total, path.name) as advance:
+
+        def flush() -> None:
+            nonlocal inserted
+            with session_scope(engine) as session:
+                inserted += insert_jobs(
+                    session,
+                    submission_id,
+                    chunk,
+                    skip_existing=resume,
+                    dispatch_below=dispatch_below,
+                )
+            advance(len(chunk))
+            chunk.clear()
+
+        def take(job: ParsedJob) -> None:
+            stored = resolve.stored(job)
+            chunk.append(stored)
+            if stored.position < dispatch_below:
+                job_id = job_id_for(submission_id, stored.position)
+                straight_out.append((job_id, stored.spec.model, stored.spec.priority))
+            if len(chunk) >= CHUNK_JOBS:
+                flush()
+
+        parse_prompt_file(
+            path,
+            defaults=defaults,
+            skip_invalid=skip_invalid,
+            model_roots=settings.model_roots,
+            format=format,
+            sink=take,
+        )
+        if chunk:
+            flush()
+    return inserted, straight_out
+
+
+def _publish(app: Celery, engine: Engine, messages: list[tuple[str, str, int]]) -> int:
+    """Publish the jobs that go straight out. If the broker fails now, they go back to the
+    backlog (the dispatcher sends them); if that fails too, the reconciler publishes them once
+    they look lost."""
+    from storage.db import session_scope
+    from storage.window import return_to_backlog
+    from taskqueue.app import publish_jobs
+
+    if not messages:
+        return 0
+    try:
+        return publish_jobs(app, messages)
+    except Exception:
+        with session_scope(engine) as session:
+            return_to_backlog(session, [job_id for job_id, _, _ in messages])
+        raise
+
+
+class _Resolver:
     """The jobs as the table keeps them: the model's canonical name (the one its queue and its
-    workers use) and a concrete size (the model's native one where a line set none)."""
-    # Per distinct model, not per job: both touch the filesystem (9 s of 186 s for 100k jobs).
-    models: dict[str, tuple[str, int]] = {}
-    stored = []
-    for job in jobs:
+    workers use) and a concrete size (the model's native one where a line set none). Per
+    distinct model, not per job: both touch the filesystem (9 s of 186 s for 100k jobs)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, tuple[str, int]] = {}
+
+    def _lookup(self, model: str) -> tuple[str, int]:
+        found = self._models.get(model)
+        if found is None:
+            canonical = canonical_model(model)
+            found = self._models[model] = (canonical, native_size(canonical))
+        return found
+
+    def model(self, model: str) -> str:
+        return self._lookup(model)[0]
+
+    def stored(self, job: ParsedJob) -> ParsedJob:
         spec = job.spec
-        if spec.model not in models:
-            canonical = canonical_model(spec.model)
-            models[spec.model] = (canonical, native_size(canonical))
-        model, size = models[spec.model]
+        model, size = self._lookup(spec.model)
         if model != spec.model:
             spec = replace(spec, model=model)
         spec = spec.resolve_size(size, size)
-        stored.append(job if spec is job.spec else ParsedJob(spec, job.line_number, job.position))
-    return stored
+        return job if spec is job.spec else ParsedJob(spec, job.line_number, job.position)
+
+
+def _refuse_other_options(
+    existing: Any,
+    options: dict[str, Any],
+    webhook_url: str | None,
+    owner: str,
+    *,
+    new_key_hint: bool,
+) -> None:
+    """Submitting again with a key returns the first submission, so it must be the same request:
+    say which options differ and refuse (Stripe's rule for a reused idempotency key)."""
+    from core.webhooks import mask_url as redact_url  # TODO(merge): renamed in core.webhooks
+
+    recorded = dict(existing.defaults or {})
+    differences = [
+        f"{name} (recorded {recorded.get(name)!r}, now {value!r})"
+        for name, value in options.items()
+        if name in recorded and recorded[name] != value
+    ]
+    if (existing.webhook_url or None) != (webhook_url or None):
+        differences.append(
+            f"webhook (recorded {_shown(existing.webhook_url, redact_url)}, "
+            f"now {_shown(webhook_url, redact_url)})"
+        )
+    if existing.owner != owner:
+        differences.append(f"owner (recorded {existing.owner!r}, now {owner!r})")
+    if not differences:
+        return
+    what = "; ".join(
+        "the file's content differs" if item.startswith("content_sha256") else item
+        for item in differences
+    )
+    raise OptionsDiffer(
+        f"submission {existing.id} was made with this idempotency key and other options: {what}. "
+        "Submit with the recorded options to resume it, or with --new (or another --key) for a "
+        "new submission"
+    )
+
+
+def _shown(url: str | None, redact: Callable[[str], str]) -> str:
+    return "none" if not url else redact(url)
+
+
+def _nonce() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
 
 
 def _with_canonical_model(defaults: JobDefaults) -> JobDefaults:
@@ -180,15 +379,16 @@ def _defaults_record(defaults: JobDefaults) -> dict[str, Any]:
     return record
 
 
-def _check_broker(app: Celery) -> None:
-    from core.errors import BrokerUnavailable
-    from core.settings import mask_url
+@contextmanager
+def _progress_bar(show: bool, total: int, name: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar of jobs stored, on a terminal; a no-op otherwise."""
+    if not show:
+        yield lambda _count: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.3)
-    except Exception as error:  # noqa: BLE001 - kombu raises transport-specific errors
-        raise BrokerUnavailable(
-            f"the broker at {mask_url(app.conf.broker_url)} did not answer ({error}); nothing "
-            "was submitted. Start it (or fix LOOPFREE_BROKER_URL) and submit again"
-        ) from error
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(f"storing {name}", total=total)
+        yield lambda count: bar.advance(task, count)

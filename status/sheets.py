@@ -26,12 +26,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from core.errors import LoopfreeError, UserError
-from core.settings import Settings
-from storage.db import Engine, make_engine, session_scope
+from storage.db import Engine, session_scope
 from storage.gallery import JobFilter, count_jobs, find_jobs
 from storage.models import Job, JobStatus
-from storage.objects import ObjectStore, store_for
-from storage.queries import count_by_status
+from storage.objects import ObjectStore
+from storage.progress import stage_counts, stage_of
 from storage.submissions import get_submission
 
 DEFAULT_COLUMNS = 8
@@ -114,36 +113,6 @@ def sheet_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def contact_sheets(
-    settings: Settings,
-    submission_id: str,
-    out: Path,
-    *,
-    columns: int = DEFAULT_COLUMNS,
-    thumb: int = DEFAULT_THUMB_PX,
-    statuses: Sequence[JobStatus] = (),
-    per_sheet: int = DEFAULT_PER_SHEET,
-    page: int | None = None,
-) -> list[Path]:
-    """Write the contact sheets of a submission on the configured database and store."""
-    engine = make_engine(settings.resolved_database_url)
-    store = store_for(settings)
-    try:
-        return render_contact_sheets(
-            engine,
-            store,
-            submission_id,
-            out,
-            columns=columns,
-            thumb=thumb,
-            statuses=statuses,
-            per_sheet=per_sheet,
-            page=page,
-        )
-    finally:
-        engine.dispose()
-
-
 def render_contact_sheets(
     engine: Engine,
     store: ObjectStore,
@@ -152,11 +121,12 @@ def render_contact_sheets(
     *,
     columns: int = DEFAULT_COLUMNS,
     thumb: int = DEFAULT_THUMB_PX,
-    statuses: Sequence[JobStatus] = (),
+    stages: Sequence[str] = (),
     per_sheet: int = DEFAULT_PER_SHEET,
     page: int | None = None,
 ) -> list[Path]:
     """Write one JPEG per ``per_sheet`` jobs (all sheets, or only sheet ``page``); return paths.
+    ``stages``: only jobs in these (``storage.progress.STAGES``), all when empty.
 
     A selection that fits one sheet is written to ``out`` itself; a larger one to ``out`` with
     ``-001``, ``-002``, ... before the suffix, so ``--page 2`` writes the file a full run names
@@ -167,33 +137,35 @@ def render_contact_sheets(
         submission_id = str(uuid.UUID(submission_id))
     except ValueError:
         raise UserError(f"{submission_id!r} is not a submission id (a UUID)") from None
-    wanted = JobFilter(statuses=tuple(statuses))
+    wanted = JobFilter(stages=tuple(stages))
     with session_scope(engine) as session:
         submission = get_submission(session, submission_id)
         if submission is None:
             raise UserError(f"no submission has id {submission_id}; `loopfree jobs` lists jobs")
-        counts = count_by_status(session, submission_id=submission_id)
-        selected = count_jobs(session, submission_id, wanted)
+        counts = stage_counts(session, submission_id=submission_id)
+        selected = count_jobs(session, submission_id, wanted) or 0
     if selected == 0:
-        shown = ", ".join(s.value for s in statuses) or "any status"
+        shown = ", ".join(stages) or "any status"
         raise UserError(f"submission {submission_id} has no jobs in {shown}; nothing to draw")
     pages = math.ceil(selected / per_sheet)
     if page is not None and page > pages:
         raise UserError(f"--page {page} is past the last sheet ({pages} of {per_sheet} jobs each)")
     layout = SheetLayout(columns=columns, thumb=thumb)
-    header = _header_lines(submission.source, submission_id, counts, statuses)
+    header = _header_lines(submission.source, submission_id, counts, stages)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
+    after = -1  # keyset: the position of the last job of the previous sheet
+    numbers: Sequence[int] = range(1, (page or pages) + 1)
+    if page is not None and not stages:
+        after, numbers = (page - 1) * per_sheet - 1, [page]  # positions run 0..n-1
     with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="sheet-fetch") as pool:
-        for number in [page] if page is not None else range(1, pages + 1):
+        for number in numbers:
             with session_scope(engine) as session:
-                jobs = find_jobs(
-                    session,
-                    submission_id,
-                    wanted,
-                    limit=per_sheet,
-                    offset=(number - 1) * per_sheet,
-                )
+                jobs = find_jobs(session, submission_id, wanted, limit=per_sheet, after=after)
+            if jobs:
+                after = jobs[-1].position
+            if page is not None and number != page:
+                continue  # a filtered selection is walked sheet by sheet up to the one asked
             tiles = list(pool.map(lambda job: _tile_image(store, job, thumb), jobs))
             sheet = _draw_sheet(layout, jobs, tiles, [*header, f"sheet {number} of {pages}"])
             path = out if pages == 1 else out.with_name(f"{out.stem}-{number:03d}{out.suffix}")
@@ -214,20 +186,20 @@ def _check_options(columns: int, thumb: int, per_sheet: int, page: int | None) -
 
 
 def _header_lines(
-    source: str, submission_id: str, counts: dict[JobStatus, int], statuses: Sequence[JobStatus]
+    source: str, submission_id: str, counts: dict[str, int], stages: Sequence[str]
 ) -> list[str]:
     total = sum(counts.values())
-    parts = [f"{status.value} {count}" for status, count in counts.items() if count]
+    parts = [f"{stage} {count}" for stage, count in counts.items() if count]
     lines = [f"{source}  ·  submission {submission_id}", f"{total} jobs: " + ", ".join(parts)]
-    if statuses:
-        lines[1] += "  ·  showing " + ", ".join(s.value for s in statuses)
+    if stages:
+        lines[1] += "  ·  showing " + ", ".join(stages)
     return lines
 
 
 def _tile_image(store: ObjectStore, job: Job, thumb: int) -> Image.Image | str:
     """The job's thumbnail, or why there is none (drawn as the tile's label)."""
     if job.status is not JobStatus.SUCCEEDED or not job.image_uri:
-        return job.error or job.status.value
+        return job.error or stage_of(job)
     try:
         return fit_thumbnail(store.get(job.image_uri), thumb, upscale=True)
     except (LoopfreeError, OSError) as error:  # a missing or unreadable object: say so, go on

@@ -2,20 +2,23 @@
 the spans of recent batches that worker throughput is measured from.
 
 The exporter (``fleet.exporter``) runs these every few seconds and ``loopfree scale`` once per
-call, so each is a range of an index on ``status`` or ``(model, status)``: its cost follows the
-open backlog, not the table (timings: BENCHMARKS.md, fleet). The arithmetic on the results lives
-in ``fleet.scaling``, which needs no database.
+call, so each reads the flows' counters (``storage.counters``): open work per model is a sum over
+its open flows (the partial index ``ix_flows_open``), whatever the backlog's length (timings:
+BENCHMARKS.md, fleet). The arithmetic on the results lives in ``fleet.scaling``, which needs no
+database.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from storage.models import Job, JobStatus, utcnow
+from storage.models import Flow, Job, JobStatus, utcnow
+
+_FLOW_OPEN = text("(flows.queued > 0 OR flows.running > 0)")  # the partial index ix_flows_open
 
 PENDING_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 """Jobs that still need a worker: the scaling signal counts these."""
@@ -40,55 +43,61 @@ class BatchSpan:
 
 
 def count_jobs_by_model(session: Session) -> dict[str, dict[JobStatus, int]]:
-    """Jobs per model and status, every status present. One GROUP BY over ``(model, status)``."""
+    """Jobs per model and status, every status present: a sum over the flows."""
+    sums = [func.sum(Flow.__table__.c[status.value]) for status in JobStatus]
     counts: dict[str, dict[JobStatus, int]] = {}
-    statement = select(Job.model, Job.status, func.count()).group_by(Job.model, Job.status)
-    for model, status, count in session.execute(statement):
-        counts.setdefault(model, dict.fromkeys(JobStatus, 0))[JobStatus(status)] = count
+    for model, *values in session.execute(select(Flow.model, *sums).group_by(Flow.model)):
+        counts[model] = {
+            status: int(value or 0) for status, value in zip(JobStatus, values, strict=True)
+        }
     return counts
 
 
 def count_open_jobs(session: Session) -> dict[str, dict[JobStatus, int]]:
-    """Queued and running jobs per model: only the open part of the ``status`` index is read."""
-    counts: dict[str, dict[JobStatus, int]] = {}
+    """Queued and running jobs per model, over the open flows only."""
     statement = (
-        select(Job.model, Job.status, func.count())
-        .where(Job.status.in_(PENDING_STATUSES))
-        .group_by(Job.model, Job.status)
+        select(Flow.model, func.sum(Flow.queued), func.sum(Flow.running))
+        .where(_FLOW_OPEN)
+        .group_by(Flow.model)
     )
-    for model, status, count in session.execute(statement):
-        counts.setdefault(model, dict.fromkeys(PENDING_STATUSES, 0))[JobStatus(status)] = count
-    return counts
+    return {
+        model: {JobStatus.QUEUED: int(queued or 0), JobStatus.RUNNING: int(running or 0)}
+        for model, queued, running in session.execute(statement)
+    }
 
 
 def count_pending(session: Session, model: str) -> int:
-    """Queued + running jobs of one model (the ``ix_jobs_model_status`` index answers it)."""
-    statement = (
-        select(func.count())
-        .select_from(Job)
-        .where(Job.model == model, Job.status.in_(PENDING_STATUSES))
-    )
-    return session.scalar(statement) or 0
+    """Queued + running jobs of one model: a sum over its open flows."""
+    statement = select(func.sum(Flow.queued + Flow.running)).where(Flow.model == model, _FLOW_OPEN)
+    return int(session.scalar(statement) or 0)
 
 
 def oldest_queued_at(session: Session, model: str) -> datetime | None:
-    """When the oldest queued job of ``model`` was created; ``None`` when none is queued. A MIN
-    over the queued range of ``ix_jobs_model_status`` (or ``ix_jobs_status``): its cost follows the
-    backlog (a few ms for 5,000 queued jobs on PostgreSQL), not the table."""
-    statement = select(func.min(Job.created_at)).where(
-        Job.model == model, Job.status == JobStatus.QUEUED
+    """When the oldest submission with a queued job of ``model`` was made (its flow's creation);
+    ``None`` when none is queued."""
+    statement = select(func.min(Flow.created_at)).where(
+        Flow.model == model, _FLOW_OPEN, Flow.queued > 0
     )
-    return session.scalar(statement)
+    return _aware(session.scalar(statement))
 
 
 def oldest_queued_by_model(session: Session) -> dict[str, datetime]:
-    """``oldest_queued_at`` for every model with a queued job, in one read of the queued range."""
+    """``oldest_queued_at`` for every model with a queued job, in one read of the open flows."""
     statement = (
-        select(Job.model, func.min(Job.created_at))
-        .where(Job.status == JobStatus.QUEUED)
-        .group_by(Job.model)
+        select(Flow.model, func.min(Flow.created_at))
+        .where(_FLOW_OPEN, Flow.queued > 0)
+        .group_by(Flow.model)
     )
-    return {model: oldest for model, oldest in session.execute(statement)}
+    return {model: _aware(oldest) for model, oldest in session.execute(statement)}
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """An aware UTC datetime from an aggregate, whichever way the driver typed it."""
+    if value is None or isinstance(value, datetime) and value.tzinfo is not None:
+        return value  # type: ignore[return-value]
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 def recent_batches(

@@ -1,21 +1,23 @@
-"""Read-side queries for looking at results: the web view (``status.web``) and contact sheets.
+"""Read-side queries for looking at results: the web view (``status.web``), contact sheets, the API.
 
-Every query is bounded: a page of submissions, a page of one submission's jobs, counts that are
-index-only scans of ``ix_jobs_submission_id_status``, and recent activity found through
-``ix_jobs_finished_at`` (a range of the last minutes, not the whole table). So a page costs the
-same for a 100-job submission as for a 10,000-job one (BENCHMARKS.md, "Web view").
+Every query is bounded and pages by key, never by offset: a page of submissions is the next
+``limit`` before a (created_at, id) cursor, a page of a submission's jobs the next ``limit``
+after (or before) a position, through ``ix_jobs_submission_id_status_position`` or the
+``(submission_id, position)`` key. So page 5,000 of a million-job submission costs what page 1
+does (BENCHMARKS.md, "Web view"). Counts come from the flows' counters (``storage.counters``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from storage.models import Job, JobStatus, Submission
+from storage.progress import STAGES, stage_counts
 from storage.queries import with_line_metadata
 
 LIKE_ESCAPE = "\\"
@@ -24,10 +26,11 @@ LIKE_ESCAPE = "\\"
 
 @dataclass(frozen=True)
 class JobFilter:
-    """Which of a submission's jobs a page shows: some statuses (all when empty) and, optionally,
-    only prompts containing ``text`` (case-insensitive, a plain substring, no wildcards)."""
+    """Which of a submission's jobs a page shows: some stages (all when empty; the words of
+    ``storage.progress``) and, optionally, only prompts containing ``text`` (case-insensitive,
+    a plain substring, no wildcards)."""
 
-    statuses: tuple[JobStatus, ...] = ()
+    stages: tuple[str, ...] = ()
     text: str = ""
 
 
@@ -49,67 +52,31 @@ def escape_like(text: str) -> str:
     return escaped.replace("%", LIKE_ESCAPE + "%").replace("_", LIKE_ESCAPE + "_")
 
 
-def list_submissions(session: Session, *, limit: int, offset: int = 0) -> list[Submission]:
-    """A page of submissions, newest first."""
-    statement = (
-        select(Submission)
-        .order_by(Submission.created_at.desc(), Submission.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(session.scalars(statement))
-
-
-def count_submissions(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Submission)) or 0
-
-
-def status_counts_for(
-    session: Session, submission_ids: Collection[str]
-) -> dict[str, dict[JobStatus, int]]:
-    """Jobs per status of each submission (every status present, zero if none): one GROUP BY
-    over ``ix_jobs_submission_id_status``, which holds both grouped columns."""
-    counts: dict[str, dict[JobStatus, int]] = {
-        submission_id: dict.fromkeys(JobStatus, 0) for submission_id in submission_ids
-    }
-    if not counts:
-        return counts
-    statement = (
-        select(Job.submission_id, Job.status, func.count())
-        .where(Job.submission_id.in_(list(counts)))
-        .group_by(Job.submission_id, Job.status)
-    )
-    for submission_id, status, count in session.execute(statement):
-        counts[submission_id][status] = int(count)
-    return counts
-
-
-def succeeded_since_for(
-    session: Session, submission_ids: Collection[str], since: datetime
-) -> dict[str, int]:
-    """Jobs of each submission that succeeded at or after ``since``: a range of
-    ``ix_jobs_finished_at``, so the cost follows the recent work, not the table's size."""
-    done = dict.fromkeys(submission_ids, 0)
-    if not done:
-        return done
-    statement = (
-        select(Job.submission_id, func.count())
-        .where(
-            Job.finished_at >= since,
-            Job.status == JobStatus.SUCCEEDED,
-            Job.submission_id.in_(list(done)),
+def list_submissions(
+    session: Session, *, limit: int, before: tuple[datetime, str] | None = None
+) -> list[Submission]:
+    """A page of submissions, newest first: the ``limit`` created before the ``before`` cursor
+    (``(created_at, id)`` of the last one shown), or the newest."""
+    statement = select(Submission).order_by(Submission.created_at.desc(), Submission.id.desc())
+    if before is not None:
+        statement = statement.where(
+            tuple_(Submission.created_at, Submission.id) < tuple_(*_cursor_values(before))
         )
-        .group_by(Job.submission_id)
+    return list(session.scalars(statement.limit(limit)))
+
+
+def _cursor_values(cursor: tuple[datetime, str]) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    created_at, submission_id = cursor
+    return (
+        literal(created_at, Submission.__table__.c.created_at.type),
+        literal(submission_id, Submission.__table__.c.id.type),
     )
-    for submission_id, count in session.execute(statement):
-        done[submission_id] = int(count)
-    return done
 
 
 def _filter_conditions(submission_id: str, wanted: JobFilter) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = [Job.submission_id == submission_id]
-    if wanted.statuses:
-        conditions.append(Job.status.in_(list(wanted.statuses)))
+    if wanted.stages:
+        conditions.append(or_(*[_stage_condition(stage) for stage in wanted.stages]))
     if wanted.text:
         # lower() LIKE lower(): ILIKE is PostgreSQL-only, and SQLite's LIKE folds ASCII only; both
         # sides lowered by the database fold the same way.
@@ -118,45 +85,53 @@ def _filter_conditions(submission_id: str, wanted: JobFilter) -> list[ColumnElem
     return conditions
 
 
+def _stage_condition(stage: str) -> ColumnElement[bool]:
+    if stage == "claimed":
+        return and_(Job.status == JobStatus.RUNNING, Job.rendering_at.is_(None))
+    if stage == "rendering":
+        return and_(Job.status == JobStatus.RUNNING, Job.rendering_at.is_not(None))
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    return Job.status == JobStatus(stage)
+
+
 def find_jobs(
     session: Session,
     submission_id: str,
     wanted: JobFilter = JobFilter(),
     *,
     limit: int,
-    offset: int = 0,
+    after: int = -1,
+    before: int | None = None,
 ) -> list[Job]:
-    """One page of a submission's jobs that match ``wanted``, in position order.
-
-    LIMIT/OFFSET over the ``(submission_id, position)`` unique index: skipping rows of the index
-    costs microseconds each, so page 100 of a 10,000-job submission is as quick as page 1, and the
-    pages can be numbered (a user jumps to page 40; keyset paging could only step).
-    """
-    statement = (
-        select(Job)
-        .where(*_filter_conditions(submission_id, wanted))
-        .order_by(Job.position)
-        .limit(limit)
-        .offset(offset)
-    )
-    return with_line_metadata(session, list(session.scalars(statement)))
-
-
-def count_jobs(session: Session, submission_id: str, wanted: JobFilter = JobFilter()) -> int:
-    """How many of a submission's jobs match ``wanted`` (for the number of pages)."""
-    statement = (
-        select(func.count()).select_from(Job).where(*_filter_conditions(submission_id, wanted))
-    )
-    return session.scalar(statement) or 0
+    """One page of a submission's jobs that match ``wanted``, in position order: the first
+    ``limit`` after position ``after``, or with ``before`` the last ``limit`` before it (the
+    previous page). Keyset over ``ix_jobs_submission_id_status_position`` (one stage) or the
+    ``(submission_id, position)`` key: page 5,000 costs what page 1 does."""
+    conditions = _filter_conditions(submission_id, wanted)
+    if before is not None:
+        statement = (
+            select(Job)
+            .where(*conditions, Job.position < before)
+            .order_by(Job.position.desc())
+            .limit(limit)
+        )
+        jobs = list(reversed(list(session.scalars(statement))))
+    else:
+        statement = (
+            select(Job).where(*conditions, Job.position > after).order_by(Job.position).limit(limit)
+        )
+        jobs = list(session.scalars(statement))
+    return with_line_metadata(session, jobs)
 
 
-def run_span(session: Session, submission_id: str) -> tuple[datetime | None, datetime | None]:
-    """When the submission's first job started and its last one finished (None before that)."""
-    statement = select(func.min(Job.started_at), func.max(Job.finished_at)).where(
-        Job.submission_id == submission_id
-    )
-    first, last = session.execute(statement).one()
-    return _aware(first), _aware(last)
+def count_jobs(session: Session, submission_id: str, wanted: JobFilter = JobFilter()) -> int | None:
+    """How many of a submission's jobs match ``wanted``, from its flows' counters; None when a
+    text filter is set (only a scan could say, and no page needs it)."""
+    if wanted.text:
+        return None
+    counts = stage_counts(session, submission_id=submission_id)
+    return sum(counts[stage] for stage in (wanted.stages or STAGES))
 
 
 def recent_workers(session: Session, since: datetime, *, limit: int = 100) -> list[WorkerSeen]:

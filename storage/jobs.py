@@ -13,18 +13,23 @@ failure or give-back then changes nothing, instead of finishing the new owner's 
 taking the job back from under it. Writes without an owner (the reconciler, operators) act on the
 job whoever holds it.
 
-    queued   -> running     claim_jobs        (attempts + 1)
-    running  -> running     reclaim_abandoned (a dead worker's job, attempts + 1)
-    running  -> succeeded   mark_succeeded
+    queued   -> running     claim_jobs            (attempts + 1; never a cancelled submission's)
+    running  -> running     reclaim_abandoned     (a dead worker's job, attempts + 1)
+    running  -> succeeded   mark_batch_succeeded
     running  -> failed      mark_failed
-    running  -> queued      release_for_retry (give back; a later attempt will claim it;
-                                               after an outage, with the attempt refunded)
-    running  -> queued      release_abandoned (reconciler: a worker that stopped heart-beating)
-    queued   -> cancelled   cancel_queued     (a running job is left to finish)
-    queued|running -> failed  fail_jobs       (reconciler / give up)
-    failed   -> queued      requeue_failed    (the one way out of a terminal state, by an operator)
+    running  -> queued      release_for_retry     (give back; a later attempt will claim it;
+                                                   after an outage, with the attempt refunded)
+    running  -> queued      release_abandoned     (reconciler: a worker that stopped heart-beating)
+    queued   -> cancelled   cancel_queued         (a running job is left to finish)
+    failed   -> queued      requeue_failed        (the one way out of a terminal state, by an
+                                                   operator; back into the backlog)
 
-Not a status change, but a field a worker writes on jobs it holds: ``mark_prompts_truncated``.
+Each transition also counts the jobs it moved in their flows (``storage.counters``), in the same
+transaction. A job that goes back to ``queued`` to be published at once (give-back, reconciler)
+gets ``dispatched_at`` now: it is in the window; one requeued by an operator goes to the backlog.
+
+Not status changes, but fields a worker writes on jobs it holds: ``mark_rendering``,
+``mark_prompts_truncated``, and ``hold_dispatched`` on the messages it holds unclaimed.
 
 Functions take a ``Session`` inside the caller's transaction (``storage.db.session_scope``) and
 use ``now`` when given, so tests can control time. Objects already loaded in the session are
@@ -33,15 +38,16 @@ refreshed from the rows the UPDATE returned.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, case, cast, func, literal, select, update
+from sqlalchemy import ColumnElement, Float, case, cast, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import Job, JobStatus, UTCDateTime, utcnow
+from storage.counters import FlowKey, flow_keys, note_moves, note_times
+from storage.models import Job, JobStatus, Submission, UTCDateTime, utcnow
 
 _IDS_PER_STATEMENT = 1_000
 """Job ids per ``IN (...)``: well under SQLite's bound-parameter limit (32,766)."""
@@ -57,10 +63,13 @@ _RELEASED: dict[str, Any] = {
     "status": _QUEUED,
     "started_at": None,
     "heartbeat_at": None,
+    "rendering_at": None,
     "worker": None,
     "batch_id": None,
     "batch_size": None,
 }
+_KEY_COLUMNS = (Job.submission_id, Job.model, Job.priority)
+"""What a transition RETURNs besides the id: the job's flow, whose counts it changes."""
 
 
 @dataclass(frozen=True)
@@ -102,26 +111,26 @@ def claim_jobs(
     now: datetime | None = None,
 ) -> list[str]:
     """queued -> running for a batch. Returns the ids this call claimed; the rest were taken,
-    cancelled or finished already and must not be rendered."""
+    cancelled or finished already (or their submission was cancelled) and must not be rendered."""
     now = now or utcnow()
     claimed: list[str] = []
     for ids in _id_chunks(job_ids):
         statement = (
             update(Job)
-            .where(Job.id.in_(ids), Job.status == _QUEUED)
+            .where(Job.id.in_(ids), Job.status == _QUEUED, ~_cancelled_submission())
             .values(
                 status=_RUNNING,
                 attempts=Job.attempts + 1,
                 started_at=now,
                 heartbeat_at=now,
+                rendering_at=None,
                 worker=worker,
                 batch_id=batch_id,
                 batch_size=batch_size,
                 queue_wait_s=_seconds_since(session, now, Job.created_at),
             )
-            .returning(Job.id)
         )
-        claimed.extend(_run(session, statement))
+        claimed.extend(_move(session, statement, _QUEUED, _RUNNING, started=now))
     return claimed
 
 
@@ -148,48 +157,14 @@ def reclaim_abandoned(
                 attempts=Job.attempts + 1,
                 started_at=now,
                 heartbeat_at=now,
+                rendering_at=None,
                 worker=worker,
                 batch_id=batch_id,
                 batch_size=batch_size,
             )
-            .returning(Job.id)
         )
-        claimed.extend(_run(session, statement))
+        claimed.extend(_move(session, statement, _RUNNING, _RUNNING))
     return claimed
-
-
-def mark_succeeded(
-    session: Session,
-    job_id: str,
-    result: JobResult,
-    *,
-    owner: Owner | None = None,
-    now: datetime | None = None,
-) -> bool:
-    """running -> succeeded with the image's location and timings. False if the job was not
-    running (a duplicate success, or the job was given up on meanwhile) or, with ``owner``, is no
-    longer that owner's (another worker took it over): nothing changes.
-
-    Workers always pass ``owner``; without it the write is for whoever holds the job (tests,
-    operators)."""
-    statement = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == _RUNNING, *_held_by(owner))
-        .values(
-            status=JobStatus.SUCCEEDED,
-            finished_at=now or utcnow(),
-            image_uri=result.image_uri,
-            image_bytes=result.image_bytes,
-            image_sha256=result.image_sha256,
-            sample_s=result.sample_s,
-            upload_s=result.upload_s,
-            gpu_share_s=result.gpu_share_s,
-            group_size=result.group_size,
-            error=None,
-        )
-        .returning(Job.id)
-    )
-    return bool(_run(session, statement))
 
 
 def mark_batch_succeeded(
@@ -199,14 +174,18 @@ def mark_batch_succeeded(
     owner: Owner | None = None,
     now: datetime | None = None,
 ) -> list[str]:
-    """``mark_succeeded`` for a whole delivery in one statement (per ``_RESULTS_PER_STATEMENT``
+    """running -> succeeded for a whole delivery in one statement (per ``_RESULTS_PER_STATEMENT``
     jobs): each job's values are picked by ``CASE WHEN id = ...``, and the guard (running, and
     with ``owner`` still that owner's) is in the WHERE, so it holds for every row on its own.
-    Returns the ids it recorded; a job missing from them was not running or not the owner's.
+    Returns the ids it recorded; a job missing from them was not running (a duplicate success,
+    or given up on meanwhile) or, with ``owner``, is no longer that owner's (another worker took
+    it over): nothing changes for it. Workers always pass ``owner``; without it the write is for
+    whoever holds the job (operators, tests).
 
     One statement instead of one per job: at 100+ images/s a round trip and a plan per image was
     most of the worker's database time. CASE rather than ``UPDATE ... FROM (VALUES ...)``: the
     same SQL on PostgreSQL and SQLite (whose VALUES takes no column names)."""
+    now = now or utcnow()
     recorded: list[str] = []
     for start in range(0, len(results), _RESULTS_PER_STATEMENT):
         chunk = results[start : start + _RESULTS_PER_STATEMENT]
@@ -224,10 +203,9 @@ def mark_batch_succeeded(
                 Job.status == _RUNNING,
                 *_held_by(owner),
             )
-            .values(status=JobStatus.SUCCEEDED, finished_at=now or utcnow(), error=None, **values)
-            .returning(Job.id)
+            .values(status=JobStatus.SUCCEEDED, finished_at=now, error=None, **values)
         )
-        recorded.extend(_run(session, statement))
+        recorded.extend(_move(session, statement, _RUNNING, JobStatus.SUCCEEDED, finished=now))
     return recorded
 
 
@@ -241,13 +219,13 @@ def mark_failed(
 ) -> bool:
     """running -> failed (permanent error, or out of attempts). False if it was not running, or
     with ``owner``, no longer that owner's."""
+    now = now or utcnow()
     statement = (
         update(Job)
         .where(Job.id == job_id, Job.status == _RUNNING, *_held_by(owner))
-        .values(status=JobStatus.FAILED, finished_at=now or utcnow(), error=error)
-        .returning(Job.id)
+        .values(status=JobStatus.FAILED, finished_at=now, error=error)
     )
-    return bool(_run(session, statement))
+    return bool(_move(session, statement, _RUNNING, JobStatus.FAILED, finished=now))
 
 
 def release_for_retry(
@@ -257,24 +235,23 @@ def release_for_retry(
     error: str | None = None,
     owner: Owner | None = None,
     refund_attempt: bool = False,
+    now: datetime | None = None,
 ) -> bool:
-    """running -> queued, so a later delivery can claim it again. ``attempts`` is kept (it counts
-    claims) and ``error`` records why this attempt gave up. False if it was not running, or with
-    ``owner``, no longer that owner's: a stale worker cannot take a job back from its new owner.
+    """running -> queued, so a later delivery can claim it again; the caller publishes its
+    message (it is in the window from now on). ``attempts`` is kept (it counts claims) and
+    ``error`` records why this attempt gave up. False if it was not running, or with ``owner``,
+    no longer that owner's: a stale worker cannot take a job back from its new owner.
 
     ``refund_attempt``: the claim is given back too (``attempts - 1``), for a release caused by
     an outage (store or database unreachable), not by the job: attempts count the job's own
     failures, and an outage of any length must not bring a job closer to failing."""
-    values = _RELEASED | {"error": error}
+    values = _RELEASED | {"error": error, "dispatched_at": now or utcnow()}
     if refund_attempt:
         values["attempts"] = case((Job.attempts > 0, Job.attempts - 1), else_=0)
     statement = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == _RUNNING, *_held_by(owner))
-        .values(values)
-        .returning(Job.id)
+        update(Job).where(Job.id == job_id, Job.status == _RUNNING, *_held_by(owner)).values(values)
     )
-    return bool(_run(session, statement))
+    return bool(_move(session, statement, _RUNNING, _QUEUED))
 
 
 def still_held(session: Session, job_ids: Sequence[str], owner: Owner) -> set[str]:
@@ -296,17 +273,24 @@ def ping(session: Session) -> None:
 
 
 def release_abandoned(
-    session: Session, job_ids: Sequence[str], *, heartbeat_before: datetime, error: str
-) -> list[str]:
+    session: Session,
+    job_ids: Sequence[str],
+    *,
+    heartbeat_before: datetime,
+    error: str,
+    now: datetime | None = None,
+) -> list[tuple[str, str, int]]:
     """running -> queued for jobs whose worker stopped heart-beating before ``heartbeat_before``
     (the reconciler, ``loopfree requeue --stuck``). The stale heartbeat is part of the WHERE, so a
     job a worker reclaimed (or heart-beat) after the reconciler found it is left to that worker,
-    and two reconcilers releasing the same job release it once.
+    and two reconcilers releasing the same job release it once. Returns ``(id, model, priority)``
+    of the released jobs, whose messages the caller publishes (they are in the window).
 
     Rows another transaction holds locked (a stalled worker "idle in transaction") are skipped,
     not waited for (``FOR UPDATE SKIP LOCKED`` on PostgreSQL): the next pass takes them, once the
     server has ended that transaction (``storage.db.PG_IDLE_IN_TRANSACTION_TIMEOUT_S``)."""
-    changed: list[str] = []
+    now = now or utcnow()
+    changed: list[tuple[str, str, int]] = []
     for ids in _id_chunks(job_ids):
         stale = (
             select(Job.id)
@@ -316,10 +300,12 @@ def release_abandoned(
         statement = (
             update(Job)
             .where(Job.id.in_(stale), Job.status == _RUNNING, Job.heartbeat_at < heartbeat_before)
-            .values(_RELEASED | {"error": error})
-            .returning(Job.id)
+            .values(_RELEASED | {"error": error, "dispatched_at": now})
+            .returning(Job.id, *_KEY_COLUMNS)
         )
-        changed.extend(_run(session, statement))
+        rows = session.execute(statement, execution_options=_SYNC).all()
+        note_moves(session, flow_keys(rows), source=_RUNNING, target=_QUEUED)
+        changed.extend((row.id, row.model, row.priority) for row in rows)
     return changed
 
 
@@ -328,38 +314,40 @@ def cancel_queued(
     *,
     job_ids: Sequence[str] | None = None,
     submission_id: str | None = None,
+    limit: int | None = None,
     now: datetime | None = None,
-) -> list[str]:
-    """queued -> cancelled for the given jobs or a whole submission. Running jobs finish."""
-    return _bulk_transition(
-        session,
-        from_statuses=(_QUEUED,),
-        values={"status": JobStatus.CANCELLED, "finished_at": now or utcnow()},
-        job_ids=job_ids,
-        submission_id=submission_id,
-        allow_all=False,
-    )
-
-
-def fail_jobs(
-    session: Session,
-    job_ids: Sequence[str],
-    error: str,
-    *,
-    now: datetime | None = None,
-) -> list[str]:
-    """queued|running -> failed: the reconciler gives up on jobs (e.g. out of attempts).
-
-    No caller yet outside the tests; kept because the state-machine test in
-    tests/storage/test_lifecycle.py documents it as the operator's give-up transition."""
-    return _bulk_transition(
-        session,
-        from_statuses=(_QUEUED, _RUNNING),
-        values={"status": JobStatus.FAILED, "finished_at": now or utcnow(), "error": error},
-        job_ids=job_ids,
-        submission_id=None,
-        allow_all=False,
-    )
+) -> list[tuple[str, datetime | None, str]]:
+    """queued -> cancelled for the given jobs, or (at most ``limit`` of) a submission's queued
+    jobs. Running jobs finish. Returns ``(id, dispatched_at, model)`` of each cancelled job: the
+    ones with ``dispatched_at`` have a message in the broker for the caller to take back."""
+    if (job_ids is None) == (submission_id is None):
+        raise ValueError("pass job_ids or submission_id")
+    now = now or utcnow()
+    values = {"status": JobStatus.CANCELLED, "finished_at": now}
+    if job_ids is not None:
+        chosen: Any = list(job_ids)
+    else:
+        chosen = (
+            select(Job.id)
+            .where(Job.submission_id == submission_id, Job.status == _QUEUED)
+            .limit(limit)
+            .scalar_subquery()
+        )
+    cancelled: list[tuple[str, datetime | None, str]] = []
+    for ids in _id_chunks(chosen) if job_ids is not None else [chosen]:
+        statement = (
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == _QUEUED)
+            .values(values)
+            .returning(Job.id, Job.dispatched_at, *_KEY_COLUMNS)
+        )
+        rows = session.execute(statement, execution_options=_SYNC).all()
+        note_moves(session, flow_keys(rows), source=_QUEUED, target=JobStatus.CANCELLED)
+        # Jobs still in the backlog leave it: the dispatcher's hint follows.
+        backlog = [row for row in rows if row.dispatched_at is None]
+        note_moves(session, flow_keys(backlog), source=None, target=None, backlog=-1)
+        cancelled.extend((row.id, row.dispatched_at, row.model) for row in rows)
+    return cancelled
 
 
 def requeue_failed(
@@ -368,29 +356,41 @@ def requeue_failed(
     job_ids: Sequence[str] | None = None,
     submission_id: str | None = None,
 ) -> list[str]:
-    """failed -> queued with a fresh attempt count (``loopfree requeue --failed``).
+    """failed -> queued with a fresh attempt count (``loopfree requeue --failed``): back into the
+    backlog, which the dispatcher sends from. Jobs of cancelled submissions stay failed.
 
-    With neither ``job_ids`` nor ``submission_id``, every failed job is requeued. Returns the ids,
-    whose messages the caller must publish again.
+    With neither ``job_ids`` nor ``submission_id``, every failed job is requeued. Returns the ids.
     """
-    return _bulk_transition(
-        session,
-        from_statuses=(JobStatus.FAILED,),
-        values={
-            "status": _QUEUED,
-            "attempts": 0,
-            "started_at": None,
-            "finished_at": None,
-            "heartbeat_at": None,
-            "worker": None,
-            "batch_id": None,
-            "batch_size": None,
-            "error": None,
-        },
-        job_ids=job_ids,
-        submission_id=submission_id,
-        allow_all=True,
+    base = (
+        update(Job)
+        .where(Job.status == JobStatus.FAILED, ~_cancelled_submission())
+        .values(
+            status=_QUEUED,
+            attempts=0,
+            started_at=None,
+            finished_at=None,
+            heartbeat_at=None,
+            rendering_at=None,
+            dispatched_at=None,
+            worker=None,
+            batch_id=None,
+            batch_size=None,
+            error=None,
+        )
     )
+    if submission_id is not None:
+        base = base.where(Job.submission_id == submission_id)
+    statements = (
+        [base] if job_ids is None else [base.where(Job.id.in_(ids)) for ids in _id_chunks(job_ids)]
+    )
+    requeued: list[str] = []
+    for statement in statements:
+        rows = session.execute(
+            statement.returning(Job.id, *_KEY_COLUMNS), execution_options=_SYNC
+        ).all()
+        note_moves(session, flow_keys(rows), source=JobStatus.FAILED, target=_QUEUED, backlog=1)
+        requeued.extend(row.id for row in rows)
+    return requeued
 
 
 def heartbeat(
@@ -405,16 +405,46 @@ def heartbeat(
     conditions: list[ColumnElement[bool]] = [Job.worker == worker, Job.status == _RUNNING]
     if job_ids is None:
         statement = update(Job).where(*conditions).values(heartbeat_at=now or utcnow())
-        return len(_run(session, statement.returning(Job.id)))
+        return len(_ids(session, statement))
+    touched = 0
+    for ids in _id_chunks(job_ids):
+        statement = (
+            update(Job).where(*conditions, Job.id.in_(ids)).values(heartbeat_at=now or utcnow())
+        )
+        touched += len(_ids(session, statement))
+    return touched
+
+
+def hold_dispatched(
+    session: Session, job_ids: Sequence[str], *, now: datetime | None = None
+) -> int:
+    """Refresh ``dispatched_at`` of queued jobs whose messages a live worker holds unclaimed
+    (prefetched, or waiting for their batch): the reconciler counts a window job whose
+    ``dispatched_at`` went stale, and whose message no longer waits in the broker, as lost."""
     touched = 0
     for ids in _id_chunks(job_ids):
         statement = (
             update(Job)
-            .where(*conditions, Job.id.in_(ids))
-            .values(heartbeat_at=now or utcnow())
-            .returning(Job.id)
+            .where(Job.id.in_(ids), Job.status == _QUEUED, Job.dispatched_at.is_not(None))
+            .values(dispatched_at=now or utcnow())
         )
-        touched += len(_run(session, statement))
+        touched += len(_ids(session, statement))
+    return touched
+
+
+def mark_rendering(
+    session: Session, job_ids: Sequence[str], owner: Owner, *, now: datetime | None = None
+) -> int:
+    """The sampler call rendering these jobs started: ``running`` jobs of ``owner`` now count as
+    rendering, not only claimed (``loopfree status`` tells the two apart)."""
+    touched = 0
+    for ids in _id_chunks(job_ids):
+        statement = (
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == _RUNNING, *owner.holds())
+            .values(rendering_at=now or utcnow())
+        )
+        touched += len(_ids(session, statement))
     return touched
 
 
@@ -423,33 +453,9 @@ def mark_prompts_truncated(session: Session, job_ids: Sequence[str]) -> int:
     the results can say the image was drawn from a shortened prompt. Returns the rows touched."""
     touched = 0
     for ids in _id_chunks(job_ids):
-        statement = (
-            update(Job).where(Job.id.in_(ids)).values(prompt_truncated=True).returning(Job.id)
-        )
-        touched += len(_run(session, statement))
+        statement = update(Job).where(Job.id.in_(ids)).values(prompt_truncated=True)
+        touched += len(_ids(session, statement))
     return touched
-
-
-def _bulk_transition(
-    session: Session,
-    *,
-    from_statuses: Collection[JobStatus],
-    values: dict[str, Any],
-    job_ids: Sequence[str] | None,
-    submission_id: str | None,
-    allow_all: bool,
-) -> list[str]:
-    if job_ids is None and submission_id is None and not allow_all:
-        raise ValueError("pass job_ids or submission_id; refusing to change every job")
-    base = update(Job).where(Job.status.in_(list(from_statuses))).values(values)
-    if submission_id is not None:
-        base = base.where(Job.submission_id == submission_id)
-    if job_ids is None:
-        return _run(session, base.returning(Job.id))
-    changed: list[str] = []
-    for ids in _id_chunks(job_ids):
-        changed.extend(_run(session, base.where(Job.id.in_(ids)).returning(Job.id)))
-    return changed
 
 
 _RESULTS_PER_STATEMENT = 500
@@ -470,11 +476,40 @@ def _held_by(owner: Owner | None) -> list[ColumnElement[bool]]:
     return [] if owner is None else owner.holds()
 
 
-def _run(session: Session, statement: Any) -> list[str]:
-    # "fetch" refreshes Job objects already in the session from the RETURNING rows, so a caller
-    # holding a loaded row does not see a stale status after the transition.
-    result = session.execute(statement, execution_options={"synchronize_session": "fetch"})
-    return list(result.scalars())
+def _cancelled_submission() -> ColumnElement[bool]:
+    """The job's submission was cancelled (``Submission.cancelled_at``)."""
+    return exists().where(Submission.id == Job.submission_id, Submission.cancelled_at.is_not(None))
+
+
+# "fetch" refreshes Job objects already in the session from the RETURNING rows, so a caller
+# holding a loaded row does not see a stale status after the transition.
+_SYNC = {"synchronize_session": "fetch"}
+
+
+def _move(
+    session: Session,
+    statement: Any,
+    source: JobStatus,
+    target: JobStatus,
+    *,
+    started: datetime | None = None,
+    finished: datetime | None = None,
+) -> list[str]:
+    """Run a status change, count the jobs it moved in their flows, return their ids."""
+    rows = session.execute(
+        statement.returning(Job.id, *_KEY_COLUMNS), execution_options=_SYNC
+    ).all()
+    keys: list[FlowKey] = flow_keys(rows)
+    if source is not target:
+        note_moves(session, keys, source=source, target=target)
+    if started is not None or finished is not None:
+        note_times(session, keys, started=started, finished=finished)
+    return [row.id for row in rows]
+
+
+def _ids(session: Session, statement: Any) -> list[str]:
+    """Run an UPDATE that changes no status; the ids it touched."""
+    return list(session.execute(statement.returning(Job.id), execution_options=_SYNC).scalars())
 
 
 def _seconds_since(session: Session, now: datetime, column: Any) -> ColumnElement[float]:

@@ -33,7 +33,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from core.jobspec import DEFAULT_PRIORITY, MAX_MODEL_CHARS, MAX_PRIORITY, MAX_SEED, MIN_PRIORITY
+from core.jobspec import (
+    DEFAULT_PRIORITY,
+    MAX_MODEL_CHARS,
+    MAX_OWNER_CHARS,
+    MAX_PRIORITY,
+    MAX_SEED,
+    MIN_PRIORITY,
+)
 
 # Named constraints and indexes: Alembic can only alter or drop what has a stable name, and SQLite
 # batch migrations rebuild tables from these names.
@@ -115,6 +122,11 @@ class Submission(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     finished_at: Mapped[datetime | None]
     webhook_sent_at: Mapped[datetime | None]
+    # Who submitted it: the name the dispatcher shares the fleet between (``fleet.dispatch``).
+    owner: Mapped[str] = mapped_column(String(MAX_OWNER_CHARS), server_default=text("'unknown'"))
+    # Set by ``loopfree cancel``: the dispatcher sends none of its backlog any more, workers claim
+    # none of its jobs, and its queued rows move to ``cancelled`` in chunks.
+    cancelled_at: Mapped[datetime | None]
 
     __table_args__ = (CheckConstraint("job_count >= 0", name="job_count_non_negative"),)
 
@@ -130,6 +142,16 @@ _STATUS_TYPE = Enum(
 
 
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in JobStatus)
+
+BACKLOG_PREDICATE = "status = 'queued' AND dispatched_at IS NULL"
+"""Queued jobs without a message: the backlog, which only the database holds."""
+WINDOW_PREDICATE = "status = 'queued' AND dispatched_at IS NOT NULL"
+"""Queued jobs with a message in the broker: the window."""
+RUNNING_PREDICATE = "status = 'running'"
+FLOW_BACKLOG_PREDICATE = "backlog > 0"
+"""Flows the dispatcher may send from."""
+FLOW_OPEN_PREDICATE = "queued > 0 OR running > 0"
+"""Flows with work a worker still has to do."""
 
 
 class Job(Base):
@@ -170,6 +192,12 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     # Refreshed by the worker while it renders; a stale heartbeat means the worker died.
     heartbeat_at: Mapped[datetime | None]
+    # A queued job with a message in the broker (the window) has this set: when it was published,
+    # refreshed while a worker holds the message unclaimed. NULL: the job waits in the backlog,
+    # the database alone, until the dispatcher sends it (``fleet.dispatch``).
+    dispatched_at: Mapped[datetime | None]
+    # When the sampler call that renders this job started; NULL while it is only claimed.
+    rendering_at: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(String(255))
     batch_id: Mapped[str | None] = mapped_column(String(64))
     batch_size: Mapped[int | None] = mapped_column(Integer)
@@ -190,13 +218,37 @@ class Job(Base):
 
     __table_args__ = (
         UniqueConstraint("submission_id", "position"),
-        # A plain status index: PostgreSQL deduplicates its few distinct keys, so counting by status
-        # is a scan of a small index-only structure.
-        Index("ix_jobs_status", "status"),
-        Index("ix_jobs_submission_id_status", "submission_id", "status"),
-        Index("ix_jobs_model_status", "model", "status"),
+        # A submission's jobs in one status, page by page (keyset on position); its running jobs.
+        Index("ix_jobs_submission_id_status_position", "submission_id", "status", "position"),
         # Recent finished jobs, for throughput and latency stats.
         Index("ix_jobs_finished_at", "finished_at"),
+        # Three partial indexes hold only the work in flight, never the backlog's finished past:
+        # the backlog the dispatcher takes from (in position order per flow), the window of jobs
+        # with a message, and the running jobs the reconciler checks heartbeats of. Queries that
+        # use them spell the predicate with literals (``storage.window``), or neither planner
+        # matches it.
+        Index(
+            "ix_jobs_backlog",
+            "submission_id",
+            "model",
+            "priority",
+            "position",
+            postgresql_where=text(BACKLOG_PREDICATE),
+            sqlite_where=text(BACKLOG_PREDICATE),
+        ),
+        Index(
+            "ix_jobs_window",
+            "model",
+            "dispatched_at",
+            postgresql_where=text(WINDOW_PREDICATE),
+            sqlite_where=text(WINDOW_PREDICATE),
+        ),
+        Index(
+            "ix_jobs_running",
+            "heartbeat_at",
+            postgresql_where=text(RUNNING_PREDICATE),
+            sqlite_where=text(RUNNING_PREDICATE),
+        ),
         CheckConstraint(f"status IN ({_STATUS_LIST})", name="status"),
         CheckConstraint(f"seed >= 0 AND seed <= {MAX_SEED}", name="seed_range"),
         CheckConstraint(
@@ -208,6 +260,60 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.status.value} attempts={self.attempts}>"
+
+
+class Flow(Base):
+    """One submission's jobs of one model at one priority: the unit the dispatcher shares a
+    model's fleet between (``fleet.dispatch``), and where those jobs are counted by status.
+
+    The counts are kept by every status change, in its own transaction (``storage.counters``),
+    so ``loopfree status`` of a million-job submission reads a few rows, not a million. ``backlog``
+    counts the flow's queued jobs that have no message yet (``jobs.dispatched_at`` NULL): the
+    dispatcher sends from flows whose backlog is above zero and sets it to zero when it finds none
+    left, so a count that ran high corrects itself.
+    """
+
+    __tablename__ = "flows"
+
+    submission_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("submissions.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(MAX_MODEL_CHARS), primary_key=True)
+    priority: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(MAX_OWNER_CHARS))
+    created_at: Mapped[datetime]
+    backlog: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    queued: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    running: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    succeeded: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The first claim and the last finish of its jobs: a finished flow's rate is its images over
+    # the time between the two.
+    first_started_at: Mapped[datetime | None]
+    last_finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # The dispatcher's question (which flows of a model have a backlog) and the scaling
+        # signal's (which have open work) read only the flows they ask about, however many
+        # finished flows a model has behind it. Queries spell the predicates as these literals.
+        Index(
+            "ix_flows_backlog",
+            "model",
+            postgresql_where=text(FLOW_BACKLOG_PREDICATE),
+            sqlite_where=text(FLOW_BACKLOG_PREDICATE),
+        ),
+        Index(
+            "ix_flows_open",
+            "model",
+            postgresql_where=text(FLOW_OPEN_PREDICATE),
+            sqlite_where=text(FLOW_OPEN_PREDICATE),
+        ),
+    )
+
+    @property
+    def open(self) -> int:
+        return self.queued + self.running
 
 
 class Worker(Base):

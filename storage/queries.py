@@ -1,7 +1,6 @@
-"""Read-side queries: load jobs, count them, page through them, find stuck ones.
+"""Read-side queries: load jobs, count them, find stuck ones, sort a delivery.
 
-A submission's jobs are listed with keyset pagination (``WHERE position > :last ORDER BY position
-LIMIT n``) rather than OFFSET, so page 1,000 of a 100,000-job submission costs the same as page 1.
+Listings page by key and live in ``storage.gallery``; counts come from the flows' counters.
 """
 
 from __future__ import annotations
@@ -9,16 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.jobs import WORKER_STOPPED
-from storage.models import Job, JobStatus
-
-PAGE_SIZE = 1_000
-"""Rows per page: one round trip per thousand jobs, a few MB of ORM objects at most."""
-
+from storage.models import Flow, Job, JobStatus
 
 def get_job(session: Session, job_id: str) -> Job | None:
     job = session.get(Job, job_id)
@@ -86,77 +81,40 @@ def count_by_status(
     """Number of jobs in each status (zero if none), optionally for one submission and only for
     ``statuses`` (default: all five).
 
-    One statement of ``count(*) WHERE status = ...`` subqueries, each an index-only range scan of
-    ``ix_jobs_status`` (or ``ix_jobs_submission_id_status``): about twice as fast as
-    ``GROUP BY status``, which compares the group key of every row. The cost is proportional to
-    the jobs counted, so a poller that only needs the open work (``queued``, ``running``) should
-    pass those and skip scanning a million finished jobs. Timings: BENCHMARKS.md.
-    """
+    Read from the flows' counters (``storage.counters``), which every status change keeps: a few
+    rows per submission, whatever its size. This transaction's own changes are counted first."""
+    from storage.counters import COUNTED, apply_pending
+
+    apply_pending(session)
     wanted = list(JobStatus) if statuses is None else list(dict.fromkeys(statuses))
-    counts = []
-    for status in wanted:
-        count = select(func.count()).select_from(Job).where(Job.status == status)
-        if submission_id is not None:
-            count = count.where(Job.submission_id == submission_id)
-        counts.append(count.scalar_subquery().label(status.value))
-    row = session.execute(select(*counts)).one()
+    sums = [func.coalesce(func.sum(Flow.__table__.c[s.value]), 0) for s in wanted]
+    statement = select(*sums)
+    if submission_id is not None:
+        statement = statement.where(Flow.submission_id == submission_id)
+    row = session.execute(statement).one()
+    assert all(status.value in COUNTED for status in wanted)
     return {status: int(value) for status, value in zip(wanted, row, strict=True)}
 
 
-def list_submission_jobs(
-    session: Session,
-    submission_id: str,
-    *,
-    after_position: int = -1,
-    limit: int = PAGE_SIZE,
-) -> list[Job]:
-    """One page of a submission's jobs in position order, starting after ``after_position``."""
-    statement = (
-        select(Job)
-        .where(Job.submission_id == submission_id, Job.position > after_position)
-        .order_by(Job.position)
-        .limit(limit)
-    )
-    return with_line_metadata(session, list(session.scalars(statement)))
-
-
-def iter_submission_jobs(
-    session: Session, submission_id: str, *, page_size: int = PAGE_SIZE
-) -> Iterator[list[Job]]:
-    """All of a submission's jobs, page by page (e.g. to write a results manifest)."""
-    after = -1
-    while page := list_submission_jobs(
-        session, submission_id, after_position=after, limit=page_size
-    ):
-        yield page
-        after = page[-1].position
-
-
-def list_all_jobs(
-    session: Session, *, status: JobStatus | None = None, limit: int | None = None
-) -> list[Job]:
-    """Jobs of every submission (only those in ``status``, if given), oldest first, at most
-    ``limit``: ``loopfree jobs`` without ``--submission``."""
-    statement = select(Job).order_by(Job.created_at, Job.position)
-    if status is not None:
-        statement = statement.where(Job.status == status)
-    if limit:
-        statement = statement.limit(limit)
-    return with_line_metadata(session, list(session.scalars(statement)))
-
-
-def find_stuck_running(
-    session: Session, *, heartbeat_before: datetime, limit: int = PAGE_SIZE
-) -> list[Job]:
+def find_stuck_running(session: Session, *, heartbeat_before: datetime) -> list[Job]:
     """Running jobs whose worker has not sent a heartbeat since ``heartbeat_before``: the worker
-    probably died, and the reconciler should release or fail them."""
+    probably died, and the reconciler should release them. A range of the partial index of
+    running jobs (``ix_jobs_running``): the jobs in flight, not the table."""
     statement = (
         select(Job)
-        .where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < heartbeat_before)
+        .where(text("jobs.status = 'running'"), Job.heartbeat_at < heartbeat_before)
         .order_by(Job.heartbeat_at)
-        .limit(limit)
     )
     return list(session.scalars(statement))
+
+
+def delivery_facts(
+    session: Session, job_ids: Sequence[str]
+) -> dict[str, tuple[str, int, JobStatus]]:
+    """``id -> (model, priority, status)`` of the delivered jobs that exist: which worker they
+    belong to (by model), where to send them if not this one."""
+    statement = select(Job.id, Job.model, Job.priority, Job.status).where(Job.id.in_(list(job_ids)))
+    return {row.id: (row.model, row.priority, row.status) for row in session.execute(statement)}
 
 
 def find_suspects(session: Session, job_ids: Sequence[str]) -> set[str]:
@@ -170,18 +128,3 @@ def find_suspects(session: Session, job_ids: Sequence[str]) -> set[str]:
         Job.error.is_(None) | (Job.error == WORKER_STOPPED),
     )
     return set(session.scalars(statement))
-
-
-def queued_job_keys(
-    session: Session, *, submission_id: str | None = None
-) -> list[tuple[str, str, int]]:
-    """``(id, model, priority)`` of every queued job, oldest first: what a message needs, and
-    nothing more (a reconciler run over a backlog of 100,000 jobs reads 100,000 rows)."""
-    statement = (
-        select(Job.id, Job.model, Job.priority)
-        .where(Job.status == JobStatus.QUEUED)
-        .order_by(Job.created_at, Job.position)
-    )
-    if submission_id is not None:
-        statement = statement.where(Job.submission_id == submission_id)
-    return [(row.id, row.model, row.priority) for row in session.execute(statement)]

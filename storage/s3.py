@@ -63,6 +63,8 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 class S3Store(ObjectStore):
     """Objects in ``bucket`` under ``prefix``; URIs are ``s3://bucket/prefix/key``."""
 
+    spread_keys = True  # S3 rate-limits PUTs per key prefix (storage.objects.job_key)
+
     def __init__(
         self,
         bucket: str,

@@ -1,7 +1,8 @@
-"""Small aggregates for ``loopfree status`` and metrics: throughput, latency percentiles, batching.
+"""Small aggregates for ``loopfree stats`` and metrics: latency percentiles and batching.
 
 Percentiles are computed in Python over a bounded sample of the most recent finished jobs, which
 keeps the SQL portable (SQLite has no ``percentile_cont``) and the cost flat however big the table.
+Throughput (images per second of work) is ``storage.progress``'s, one definition for every reader.
 """
 
 from __future__ import annotations
@@ -34,15 +35,10 @@ class RecentStats:
 
     window_s: float
     succeeded: int
-    images_per_s: float
     queue_wait_s: Percentiles
     end_to_end_s: Percentiles
     mean_batch_size: float | None
     sample_size: int
-    # Over the active time (first start -> last finish of those jobs, clipped to the window), not
-    # the whole window: 200 images in 9 s of a 300 s window are 22 images/s, not 0.67.
-    active_s: float | None = None
-    active_images_per_s: float | None = None
     # Jobs per sampler call (a delivery of ``mean_batch_size`` is split into groups of equal size
     # and steps), averaged over jobs like ``mean_batch_size``.
     mean_group_size: float | None = None
@@ -65,8 +61,8 @@ def recent_stats(
     sample_size: int = SAMPLE_SIZE,
     now: datetime | None = None,
 ) -> RecentStats:
-    """Throughput, p50/p95 of queue wait and end-to-end time (created -> finished), and the mean
-    batch size, over jobs that succeeded in the last ``window_s`` seconds."""
+    """p50/p95 of queue wait and end-to-end time (created -> finished), and the mean batch and
+    group sizes, over jobs that succeeded in the last ``window_s`` seconds."""
     since = (now or utcnow()) - timedelta(seconds=window_s)
     succeeded = succeeded_since(session, since)
     rows = session.execute(
@@ -86,22 +82,13 @@ def recent_stats(
     end_to_end = [(row.finished_at - row.created_at).total_seconds() for row in rows]
     batch_sizes = [row.batch_size for row in rows if row.batch_size is not None]
     group_sizes = [row.group_size for row in rows if row.group_size is not None]
-    starts = [max(row.started_at, since) for row in rows if row.started_at is not None]
-    active_s = None
-    if starts and rows:
-        active_s = (max(row.finished_at for row in rows) - min(starts)).total_seconds()
-    # The sample holds the newest ``sample_size`` jobs; their active time holds that many.
-    active_rate = len(rows) / active_s if active_s else None
     return RecentStats(
         window_s=window_s,
         succeeded=succeeded,
-        images_per_s=succeeded / window_s if window_s > 0 else 0.0,
         queue_wait_s=percentiles(waits),
         end_to_end_s=percentiles(end_to_end),
         mean_batch_size=sum(batch_sizes) / len(batch_sizes) if batch_sizes else None,
         sample_size=len(rows),
-        active_s=active_s,
-        active_images_per_s=active_rate,
         mean_group_size=sum(group_sizes) / len(group_sizes) if group_sizes else None,
     )
 

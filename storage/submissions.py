@@ -15,17 +15,18 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.jobspec import FIELD_NAMES, JobSpec, ParsedJob
 from storage.bulk import insert_job_rows
-from storage.models import JOB_ATTRIBUTES, Job, JobStatus, Submission, utcnow
+from storage.counters import apply_pending, note_added
+from storage.models import JOB_ATTRIBUTES, Flow, Job, JobStatus, Submission, utcnow
 
 # Fixed namespace for uuid5 job ids; changing it would change every derived id.
 _JOB_ID_NAMESPACE = uuid.UUID("5b0c7d8e-3f4a-4c1e-9a57-6f0e2d1b8c33")
@@ -61,6 +62,7 @@ def create_submission(
     job_count: int,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    owner: str = "unknown",
     submission_id: str | None = None,
     now: datetime | None = None,
 ) -> SubmissionRef:
@@ -73,6 +75,7 @@ def create_submission(
         "job_count": job_count,
         "idempotency_key": idempotency_key,
         "webhook_url": webhook_url,
+        "owner": owner,
     }
     table = Submission.__table__
     statement = _insert(session, table).values(values)
@@ -95,25 +98,180 @@ def insert_jobs(
     jobs: Iterable[ParsedJob],
     *,
     skip_existing: bool = True,
+    dispatch_below: int = 0,
     now: datetime | None = None,
 ) -> int:
-    """Insert jobs as ``queued`` in bulk and return how many were inserted. ``jobs`` may be a
-    generator; it is streamed, not materialised. Their specs are stored as they are: resolve the
-    size (``JobSpec.resolve_size``) and the model's canonical name first.
+    """Insert jobs as ``queued`` in bulk and count them in their flows; return how many were
+    inserted. ``jobs`` may be a generator; it is streamed, not materialised (a producer calls
+    this once per chunk of its file, each in a transaction of its own). Their specs are stored as
+    they are: resolve the size (``JobSpec.resolve_size``) and the model's canonical name first.
+
+    Jobs at a position below ``dispatch_below`` are inserted as sent (``dispatched_at``): the
+    caller publishes their messages after the commit (a small submission goes straight out). The
+    rest wait in the backlog for the dispatcher (``fleet.dispatch``).
 
     With ``skip_existing`` (the default) positions already in the table are skipped, which makes
-    resuming a half-inserted submission safe. Pass ``skip_existing=False`` for a submission this
-    transaction just created (``SubmissionRef.created``): nothing can conflict, and PostgreSQL can
-    ``COPY`` straight into the table (about 1.5x faster).
+    resuming a half-inserted submission safe, and the submission's flows are counted again from
+    its rows. Pass ``skip_existing=False`` for positions this submission cannot have yet: nothing
+    can conflict, PostgreSQL can ``COPY`` straight into the table (about 1.5x faster), and the
+    flows are counted from the stream as it passes.
     """
     created_at = now or utcnow()
-    return insert_job_rows(
-        session, JOB_COLUMNS, _rows(jobs, submission_id, created_at), skip_existing=skip_existing
+    tally: dict[tuple[str, int], list[int]] = {}  # (model, priority) -> [jobs, sent]
+    rows = _rows(jobs, submission_id, created_at, dispatch_below, tally)
+    inserted = insert_job_rows(session, JOB_COLUMNS, rows, skip_existing=skip_existing)
+    if skip_existing:
+        recount_flows(session, submission_id)
+        return inserted
+    ensure_flows(session, submission_id, tally, created_at)
+    for (model, priority), (count, sent) in tally.items():
+        note_added(session, (submission_id, model, priority), count, backlog=count - sent)
+    return inserted
+
+
+def ensure_flows(
+    session: Session, submission_id: str, keys: Iterable[tuple[str, int]], created_at: datetime
+) -> None:
+    """Create the submission's flows for these (model, priority) pairs, counting nothing yet;
+    flows that exist are left as they are."""
+    owner = session.scalar(select(Submission.owner).where(Submission.id == submission_id))
+    for model, priority in sorted(set(keys)):
+        statement = (
+            _insert(session, Flow.__table__)
+            .values(
+                submission_id=submission_id,
+                model=model,
+                priority=priority,
+                owner=owner or "unknown",
+                created_at=created_at,
+            )
+            .on_conflict_do_nothing()
+        )
+        session.execute(statement)
+
+
+def recount_flows(session: Session, submission_id: str) -> None:
+    """Count a submission's flows again from its rows (a resumed insert; repairs). Its flows are
+    locked first, so a worker's count change that commits meanwhile applies on top of this one
+    rather than being overwritten by it."""
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        return
+    locked = select(Flow).where(Flow.submission_id == submission_id).with_for_update()
+    flows = {(flow.model, flow.priority): flow for flow in session.scalars(locked)}
+    counts = [func.sum(case((Job.status == status, 1), else_=0)) for status in JobStatus]
+    waiting = func.sum(
+        case(((Job.status == JobStatus.QUEUED) & Job.dispatched_at.is_(None), 1), else_=0)
     )
+    statement = (
+        select(
+            Job.model,
+            Job.priority,
+            func.min(Job.created_at),
+            func.min(Job.started_at),
+            func.max(Job.finished_at),
+            waiting,
+            *counts,
+        )
+        .where(Job.submission_id == submission_id)
+        .group_by(Job.model, Job.priority)
+    )
+    for model, priority, created, started, finished, backlog, *by_status in session.execute(
+        statement
+    ):
+        flow = flows.get((model, priority))
+        if flow is None:
+            flow = Flow(submission_id=submission_id, model=model, priority=priority)
+            session.add(flow)
+        flow.owner = submission.owner
+        flow.created_at = _aware(created) or submission.created_at
+        flow.first_started_at = _aware(started)
+        flow.last_finished_at = _aware(finished)
+        flow.backlog = int(backlog or 0)
+        for status, count in zip(JobStatus, by_status, strict=True):
+            setattr(flow, status.value, int(count or 0))
+    session.flush()
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """An aware UTC datetime from an aggregate, whichever way the driver typed it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def mark_cancelled(session: Session, submission_id: str, *, now: datetime | None = None) -> bool:
+    """Mark a submission cancelled: the dispatcher sends none of its backlog from now on and
+    workers claim none of its jobs. True if this call marked it (False: it already was)."""
+    result = session.execute(
+        update(Submission)
+        .where(Submission.id == submission_id, Submission.cancelled_at.is_(None))
+        .values(cancelled_at=now or utcnow())
+    )
+    return result.rowcount == 1
+
+
+def cancel_some(session: Session, submission_id: str, *, limit: int) -> int:
+    """Move up to ``limit`` of a submission's queued jobs to ``cancelled`` (the caller's
+    transaction: keep it short), and finish the submission once none is open. Returns how many
+    moved; fewer than ``limit``: none is left."""
+    from storage.jobs import cancel_queued
+
+    moved = len(cancel_queued(session, submission_id=submission_id, limit=limit))
+    if moved < limit:
+        mark_submission_finished(session, submission_id)
+    return moved
+
+
+def submissions_after(
+    session: Session, cursor: tuple[datetime, str] | None, *, limit: int
+) -> list[tuple[str, datetime]]:
+    """``(id, created_at)`` of the ``limit`` submissions created after ``cursor``
+    (``(created_at, id)``), oldest first: every submission, a page at a time."""
+    statement = select(Submission.id, Submission.created_at).order_by(
+        Submission.created_at, Submission.id
+    )
+    if cursor is not None:
+        created_at, submission_id = cursor
+        statement = statement.where(
+            tuple_(Submission.created_at, Submission.id)
+            > tuple_(
+                literal(created_at, Submission.__table__.c.created_at.type),
+                literal(submission_id, Submission.__table__.c.id.type),
+            )
+        )
+    return [(row.id, row.created_at) for row in session.execute(statement.limit(limit))]
+
+
+def cancelled_with_queued(session: Session) -> list[str]:
+    """Cancelled submissions that still have queued rows to move to ``cancelled`` (the open
+    flows are read, not the jobs)."""
+    statement = (
+        select(Flow.submission_id)
+        .join(Submission, Submission.id == Flow.submission_id)
+        .where(
+            text("(flows.queued > 0 OR flows.running > 0)"),
+            Flow.queued > 0,
+            Submission.cancelled_at.is_not(None),
+        )  # fmt: skip
+        .distinct()
+    )
+    return sorted(session.scalars(statement))
+
+
+def find_by_key(session: Session, idempotency_key: str) -> Submission | None:
+    """The submission made with this idempotency key, if any."""
+    return session.scalar(select(Submission).where(Submission.idempotency_key == idempotency_key))
 
 
 def _rows(
-    jobs: Iterable[ParsedJob], submission_id: str, created_at: datetime
+    jobs: Iterable[ParsedJob],
+    submission_id: str,
+    created_at: datetime,
+    dispatch_below: int,
+    tally: dict[tuple[str, int], list[int]],
 ) -> Iterator[tuple[Any, ...]]:
     line = None
     for job in jobs:
@@ -123,26 +281,22 @@ def _rows(
             # (``storage.queries.with_line_metadata`` reads it back for every image).
             spec = replace(spec, metadata={})
         line = job.line_number
+        sent = job.position < dispatch_below
+        counts = tally.setdefault((spec.model, spec.priority), [0, 0])
+        counts[0] += 1
+        counts[1] += sent
         yield job_row(
             spec,
             submission_id=submission_id,
             position=job.position,
             line_number=job.line_number,
             created_at=created_at,
+            dispatched_at=created_at if sent else None,
         )
 
 
 def get_submission(session: Session, submission_id: str) -> Submission | None:
     return session.get(Submission, submission_id)
-
-
-def job_ids_of(session: Session, submission_id: str) -> list[str]:
-    """All job ids of a submission in position order (for publishing its messages)."""
-    return list(
-        session.scalars(
-            select(Job.id).where(Job.submission_id == submission_id).order_by(Job.position)
-        )
-    )
 
 
 def mark_submission_finished(
@@ -152,14 +306,13 @@ def mark_submission_finished(
 
     That call also owes the submission's webhook, if it has one: the delivery is written to the
     outbox in this same transaction (``storage.webhooks.enqueue_finished``), so the finish and
-    its webhook commit together, whatever path finished it (a worker, a cancel)."""
+    its webhook commit together, whatever path finished it (a worker, a cancel). Open jobs are
+    read from the submission's flows: a few rows, however many jobs it has (this transaction's own
+    status changes are counted in them first)."""
+    apply_pending(session)
     open_jobs = (
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.submission_id == submission_id,
-            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-        )
+        select(func.coalesce(func.sum(Flow.queued + Flow.running), 0))
+        .where(Flow.submission_id == submission_id)
         .scalar_subquery()
     )
     result = session.execute(
@@ -203,21 +356,6 @@ def reopen_submissions(session: Session, *, submission_id: str | None = None) ->
     return result.rowcount
 
 
-def mark_webhook_sent(session: Session, submission_id: str, *, now: datetime | None = None) -> bool:
-    """Record that the finished-webhook went out. True only for the first caller, so two
-    reconcilers racing for the same submission send it once."""
-    result = session.execute(
-        update(Submission)
-        .where(
-            Submission.id == submission_id,
-            Submission.finished_at.is_not(None),
-            Submission.webhook_sent_at.is_(None),
-        )
-        .values(webhook_sent_at=now or utcnow())
-    )
-    return result.rowcount == 1
-
-
 def _insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_nothing`` on PostgreSQL and SQLite."""
     dialect = session.get_bind().dialect.name
@@ -233,6 +371,7 @@ def _insert(session: Session, table: Any) -> Any:
 # claim, timings and results NULL).
 _PLACE_COLUMNS = (
     "id", "submission_id", "position", "line_number", "status", "attempts", "created_at",
+    "dispatched_at",
 )  # fmt: skip
 JOB_COLUMNS: tuple[str, ...] = _PLACE_COLUMNS + FIELD_NAMES
 """Column names (not attribute names: ``metadata``) of a ``job_row``, in order."""
@@ -248,9 +387,11 @@ def job_row(
     position: int,
     line_number: int,
     created_at: datetime,
+    dispatched_at: datetime | None = None,
 ) -> tuple[Any, ...]:
     """``spec`` as a new ``queued`` row of ``jobs``: values in ``JOB_COLUMNS`` order, what
-    ``storage.bulk.insert_job_rows`` takes."""
+    ``storage.bulk.insert_job_rows`` takes. ``dispatched_at``: its message goes out with the
+    submission (else it waits in the backlog)."""
     return (
         job_id_for(submission_id, position),
         submission_id,
@@ -259,6 +400,7 @@ def job_row(
         _QUEUED,
         0,
         created_at,
+        dispatched_at,
         *_spec_values(spec),
     )
 

@@ -110,6 +110,11 @@ def models_served(
     return {row.model for row in rows if is_live(row, now)}
 
 
+def count_live(session: Session, model: str, *, now: datetime | None = None) -> int:
+    """Live workers of ``model``: what the dispatcher sizes the model's window from."""
+    return len(list_workers(session, model=model, now=now))
+
+
 def prune(session: Session, *, now: datetime | None = None) -> int:
     """Delete rows dead for longer than ``PRUNE_AFTER``; returns how many."""
     now = now or utcnow()

@@ -151,15 +151,15 @@ def publish_jobs(
     """Publish ``(job_id, model, priority)`` messages in bulk; returns how many went out.
 
     On Redis, messages rendered from a template are pushed a thousand per round trip
-    (``taskqueue.redis_publish``); elsewhere, and for delayed messages, through Celery.
+    (``taskqueue.redis_lists``); elsewhere, and for delayed messages, through Celery.
     """
-    from taskqueue import redis_publish
+    from taskqueue import redis_lists
 
-    if countdown is None and redis_publish.supports(app.conf.broker_url):
+    if countdown is None and redis_lists.supports(app.conf.broker_url):
         messages = [(job_id, queue_name(model), broker_priority(p)) for job_id, model, p in jobs]
         try:
-            return redis_publish.publish(app, messages)
-        except redis_publish.PublishInterrupted as interrupted:
+            return redis_lists.publish(app, messages)
+        except redis_lists.PublishInterrupted as interrupted:
             raise _broker_unavailable(app, interrupted.error, interrupted.accepted) from None
     return publish_with_celery(app, jobs, countdown=countdown)
 
@@ -190,6 +190,20 @@ def publish_with_celery(
     except app.connection_for_write().connection_errors as error:
         raise _broker_unavailable(app, error, published) from error
     return published
+
+
+def check_broker(app: Celery, *, doing: str) -> None:
+    """Connect to the broker (a few quick tries) or raise ``BrokerUnavailable`` saying that
+    nothing was done: a producer checks before it writes a row, a worker before it loads a
+    model. ``doing``: what the caller is about to do, for the message."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.3)
+    except Exception as error:  # noqa: BLE001 - kombu raises transport-specific errors
+        raise BrokerUnavailable(
+            f"the broker at {mask_url(app.conf.broker_url)} did not answer ({error}); could not "
+            f"{doing}. Start it (or fix LOOPFREE_BROKER_URL) and try again"
+        ) from error
 
 
 def _broker_unavailable(app: Celery, error: BaseException, published: int) -> BrokerUnavailable:

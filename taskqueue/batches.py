@@ -55,6 +55,11 @@ class MaxWaitBatches(Batches):
 
     TICKS_PER_WAIT = 4
 
+    # Told the job id of every message as it arrives, before it waits in the buffer: the worker
+    # vouches for the messages it holds unclaimed (``worker.claiming.Claims.receive``). A task
+    # option (``batch_task_options``), so it is set per task.
+    on_received: Callable[[str], None] | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
@@ -79,6 +84,10 @@ class MaxWaitBatches(Batches):
 
         def task_message_handler(*args: Any, **kwargs: Any) -> None:
             arrived = monotonic()
+            if self.on_received is not None and args:
+                job_id = (getattr(args[0], "headers", None) or {}).get("id")
+                if isinstance(job_id, str):
+                    self.on_received(job_id)
             with self._lock:
                 # Our timer is in place before celery-batches' handler looks: finding one, it
                 # starts none of its own periodic flushes.
@@ -144,10 +153,13 @@ def jobs_from(requests: Sequence[SimpleRequest]) -> dict[str, int]:
     return jobs
 
 
-def batch_task_options(*, max_batch: int, max_wait_ms: int) -> dict[str, Any]:
+def batch_task_options(
+    *, max_batch: int, max_wait_ms: int, on_received: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """The options of the batching ``loopfree.generate`` task (for ``app.task``)."""
     return dict(
         base=MaxWaitBatches,
+        on_received=on_received,
         flush_every=max_batch,
         # With MaxWaitBatches, the longest a partial batch waits for company, not a period.
         flush_interval=max(max_wait_ms, 1) / 1000,

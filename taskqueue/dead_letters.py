@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
+from taskqueue.redis_client import redis_client
+
 if TYPE_CHECKING:
     from celery import Celery
 
@@ -150,9 +152,7 @@ class Channel(kombu_redis.Channel):
             reason,
             DEAD_LETTERS_KEY,
         )
-        record = json.dumps(
-            {"queue": queue, "reason": reason, "at": time.time(), "entry": _printable(item)}
-        )
+        record = _record(queue, reason, _printable(item))
         try:
             with self.conn_or_acquire() as client:
                 client.pipeline().lpush(DEAD_LETTERS_KEY, record).ltrim(
@@ -177,32 +177,30 @@ def _printable(item: bytes | str) -> str:
 
 def list_dead_letters(app: Celery, *, limit: int = 100) -> list[dict]:
     """The newest ``limit`` dead letters: queue, reason, time (epoch s) and the entry's text."""
-    client = _client(app)
-    try:
-        return [json.loads(raw) for raw in client.lrange(DEAD_LETTERS_KEY, 0, limit - 1)]
-    finally:
-        client.close()
+    raws = redis_client(app).lrange(DEAD_LETTERS_KEY, 0, limit - 1)
+    return [json.loads(raw) for raw in raws]
 
 
 def count_dead_letters(app: Celery) -> int:
-    client = _client(app)
-    try:
-        return int(client.llen(DEAD_LETTERS_KEY))
-    finally:
-        client.close()
+    return int(redis_client(app).llen(DEAD_LETTERS_KEY))
 
 
 def clear_dead_letters(app: Celery) -> int:
     """Empty the list; returns how many entries it held."""
-    client = _client(app)
-    try:
-        count, _ = client.pipeline().llen(DEAD_LETTERS_KEY).delete(DEAD_LETTERS_KEY).execute()
-        return int(count)
-    finally:
-        client.close()
+    pipe = redis_client(app).pipeline()
+    count, _ = pipe.llen(DEAD_LETTERS_KEY).delete(DEAD_LETTERS_KEY).execute()
+    return int(count)
 
 
-def _client(app: Celery):
-    import redis
+def set_aside(app: Celery, queue: str, reason: str, entry: str) -> None:
+    """Put an entry the worker received but cannot use on the dead-letter list, as the
+    transport does with entries it cannot parse (a message for a job no database row has)."""
+    record = _record(queue, reason, entry[:MAX_ENTRY_BYTES])
+    redis_client(app).pipeline().lpush(DEAD_LETTERS_KEY, record).ltrim(
+        DEAD_LETTERS_KEY, 0, KEPT_DEAD_LETTERS - 1
+    ).execute()
 
-    return redis.Redis.from_url(app.conf.broker_url, socket_connect_timeout=5)
+
+def _record(queue: str, reason: str, entry: str) -> str:
+    """A dead letter as the list keeps it: where it came from, why, when, and the entry."""
+    return json.dumps({"queue": queue, "reason": reason, "at": time.time(), "entry": entry})

@@ -12,7 +12,7 @@ result queue; results are ignored) and the body's empty callback/chain/chord slo
 
 One hook, ``before_task_publish`` for this task only, so every path sends the same message:
 ``apply_async`` (retries, the filesystem broker) and the bulk Redis publisher, whose template is
-captured through ``apply_async`` (``taskqueue.redis_publish``).
+captured through ``apply_async`` (``taskqueue.redis_lists``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The celery, kombu and celery-batches versions whose internals this project was checked against.
 
 ``taskqueue.batches`` overrides private attributes of celery-batches' ``Batches`` and
-``taskqueue.redis_publish`` writes kombu's Redis wire format and reads its ``unacked`` hash. A
-minor release may rename or reshape either without notice, and the failure would be quiet: partial
-batches that never flush, or a reconciler that republishes every job. So ``pyproject.toml`` pins
-these minor series, ``tests/queue/test_versions.py`` checks the internals on the installed
-versions, and the worker calls :func:`check_versions` at start, before it loads a model.
+``taskqueue.redis_lists`` writes and reads kombu's Redis message lists. A minor release may rename
+or reshape either without notice, and the failure would be quiet: partial batches that never
+flush, or a reconciler that cannot see which window jobs still have a message. So
+``pyproject.toml`` pins these minor series, ``tests/queue/test_versions.py`` checks the internals
+on the installed versions, and the worker calls :func:`check_versions` at start, before it loads
+a model.
 
 To move to a new minor release: install it, run ``tests/queue/test_versions.py`` and
 ``tests/queue``, read the package's changes to the internals named below, then raise the series
@@ -42,9 +43,9 @@ CHECKED_VERSIONS: tuple[CheckedVersion, ...] = (
     CheckedVersion(
         "kombu",
         "5.7",
-        "the Redis transport's message JSON, priority lists, 'unacked' hash and "
-        "'unacked_index' delivery times (taskqueue/redis_publish.py); Channel._brpop_read and "
-        "_get, which taskqueue/dead_letters.py re-implements around its entry check",
+        "the Redis transport's message JSON and priority lists (taskqueue/redis_lists.py); "
+        "Channel._brpop_read and _get, which taskqueue/dead_letters.py re-implements around "
+        "its entry check",
     ),
     CheckedVersion(
         "celery-batches",

@@ -91,13 +91,12 @@ def batch_cap(
     width: int,
     steps: int,
     decoder_chunk: int | None,
-    max_batch: int,
     vae_scale_factor: int = 8,
 ) -> int:
-    """Jobs per sampler call: as many as the budget allows, at least 1, at most ``max_batch``."""
+    """Jobs per sampler call: as many as the budget allows, at least 1."""
     latent_pixels = (height // vae_scale_factor) * (width // vae_scale_factor)
     per_job = timesteps_in_parallel(steps, decoder_chunk) * latent_pixels
-    return max(1, min(max_batch, budget // per_job))
+    return max(1, budget // per_job)
 
 
 def vae_chunk(vae_budget: int, height: int, width: int) -> int:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
-    from worker.batch import BatchReport
+    from worker.report import BatchReport
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
@@ -24,7 +24,11 @@ class WorkerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.jobs = Counter("loopfree_jobs", "Jobs finished", ["model", "status"], registry=r)
-        self.images = Counter("loopfree_images", "Images rendered", ["model"], registry=r)
+        # Images whose job succeeded: stored and recorded. An image rendered for a job that then
+        # failed to store is not one (the sampler's own work is loopfree_batch_size's count).
+        self.images = Counter(
+            "loopfree_images", "Images stored and recorded (jobs succeeded)", ["model"], registry=r
+        )
         self.batch_size = Histogram(
             "loopfree_batch_size", "Jobs per sampler call", buckets=_BATCH_SIZES, registry=r
         )
@@ -99,7 +103,6 @@ class WorkerMetrics:
         start_http_server(port, registry=self.registry)
 
     def sampled(self, model: str, jobs: int, seconds: float) -> None:
-        self.images.labels(model).inc(jobs)
         self.batch_size.observe(jobs)
         self.sampling.observe(seconds)
         import torch
@@ -114,6 +117,7 @@ class WorkerMetrics:
     def job_done(self, model: str, status: str, queue_wait_s: float | None) -> None:
         self.jobs.labels(model, status).inc()
         if status == "succeeded":
+            self.images.labels(model).inc()
             with self._lock:
                 self._succeeded += 1
         if queue_wait_s is not None:

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -80,14 +80,15 @@ class Renderer:
         sampler: TiUESampler,
         texts: TextEncoderCache,
         *,
-        max_batch: int,
         decoder_chunk: int | None,
         metrics: WorkerMetrics,
         batch_budget: int | None = None,
+        on_call: Callable[[list[Job]], None] | None = None,
     ) -> None:
+        """``on_call``: told the jobs of each sampler call as it starts (it must not block)."""
         self.sampler = sampler
         self.texts = texts
-        self.max_batch = max_batch
+        self.on_call = on_call
         self.decoder_chunk = decoder_chunk
         self.metrics = metrics
         model = sampler.model
@@ -100,14 +101,14 @@ class Renderer:
     # -- planning -------------------------------------------------------------------------------
 
     def batch_cap(self, key: GroupKey) -> int:
-        """Jobs per sampler call for ``key``'s size and steps, within the memory budget."""
+        """Jobs per sampler call for ``key``'s size and steps: what the memory budget allows (a
+        delivery's size, ``LOOPFREE_MAX_BATCH``, is the broker's business, not the GPU's)."""
         return batch_cap(
             self.batch_budget,
             height=key.height,
             width=key.width,
             steps=key.steps,
             decoder_chunk=self.decoder_chunk,
-            max_batch=self.max_batch,
             vae_scale_factor=self.sampler.model.vae_scale_factor,
         )
 
@@ -135,6 +136,8 @@ class Renderer:
         try:
             text = self.texts.encode([job.prompt for job in jobs])
             with self.gpu_lock:
+                if self.on_call is not None:
+                    self.on_call(jobs)
                 started = time.perf_counter()
                 result = self.sampler.sample(
                     text,

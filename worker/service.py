@@ -23,13 +23,16 @@ from core.errors import UserError
 from core.modelinfo import canonical_model
 from core.settings import Settings
 from storage import jobs as job_store
-from storage.db import make_engine, session_scope
+from storage.db import Engine, make_engine, session_scope
 from storage.models import Job
-from storage.objects import store_for
+from storage.objects import ObjectStore, store_for
 from storage.uploads import UploadPool
+from taskqueue import dead_letters
 from taskqueue.app import make_celery, model_queue, publish_jobs
 from taskqueue.batches import MaxWaitBatches
-from worker.batch import BatchRunner, Outlets, RunnerOptions
+from taskqueue.redis_lists import supports
+from worker.batch import BatchRunner, Outlets
+from worker.dispatching import Dispatcher
 from worker.metrics import WorkerMetrics
 from worker.outage import DATABASE
 from worker.reconciling import start_reconcile_loop
@@ -61,28 +64,39 @@ class WorkerRuntime:
     queue: str
     stop_heartbeat: threading.Event
     registration: Registration
+    dispatcher: Dispatcher
 
     def close(self) -> None:
-        """After the last delivery: stop heart-beating, finish what the deliveries touched
-        (submissions, webhooks), let the last uploads end, leave the worker registry."""
+        """After the last delivery: stop heart-beating and dispatching, finish what the
+        deliveries touched (submissions, webhooks), let the last uploads end, leave the worker
+        registry."""
         self.stop_heartbeat.set()
+        self.dispatcher.stop()
         self.runner.close()
         self.uploads.close()
         self.registration.retire()
 
 
-def worker_name(model: str) -> str:
+def worker_name() -> str:
+    """This process's name in the registry, in Celery and on every job it claims."""
     return f"loopfree-{os.getpid()}@{socket.gethostname()}"
 
 
 def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime:
-    """Load the model and connect to the database, store and broker named by ``settings``."""
+    """Check the database, broker and store named by ``settings``, load the model, wire the
+    batch runner to Celery and start the worker's background loops."""
     from taskqueue.versions import check_versions
     from worker.models import load_model
     from worker.sampler import TiUESampler
 
     check_versions()  # before the model loads: celery-batches/kombu internals we checked
     model = canonical_model(model or settings.model)
+    # Every dependency is checked before the model loads and before any job is taken: a wrong
+    # bucket or password is one line now, not a failure on every job it would take.
+    engine = make_engine(settings.resolved_database_url)
+    app = make_celery(settings)
+    store = store_for(settings)
+    check_dependencies(settings, engine, app, store)
     loaded = load_model(
         model,
         device=settings.device,
@@ -91,23 +105,39 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
         channels_last=settings.channels_last,
         tiny_vae=settings.tiny_vae if settings.vae == "tiny" else None,
     )
-    engine = make_engine(settings.resolved_database_url)
-    store = store_for(settings)
-    app = make_celery(settings)
     metrics = WorkerMetrics()
     metrics.model_load.set(loaded.load_seconds)
     uploads = UploadPool(max_workers=settings.upload_workers)
-    name = worker_name(model)
+    name = worker_name()
+    queue = model_queue(model).name
+    dispatcher = Dispatcher(
+        engine, app, settings, model=model, queue=queue, prefetch_batches=PIPELINE_DEPTH
+    )
 
-    def publish(jobs: Sequence[Job], countdown: float) -> None:
+    def publish(jobs: Sequence[Job], countdown: float | None) -> None:
         publish_jobs(app, [(job.id, job.model, job.priority) for job in jobs], countdown=countdown)
+
+    def set_aside(job_ids: Sequence[str]) -> None:
+        reason = "no job with this id exists (deleted, or sent by another system)"
+        log.error("%d messages name no job; %s", len(job_ids), reason)
+        if supports(app.conf.broker_url):
+            for job_id in job_ids:
+                dead_letters.set_aside(app, queue, reason, job_id)
 
     runner = BatchRunner(
         TiUESampler(loaded, vae_budget=settings.vae_budget),
-        Outlets(engine=engine, store=store, uploads=uploads, publish=publish),
+        Outlets(
+            engine=engine,
+            store=store,
+            uploads=uploads,
+            publish=publish,
+            reroute=lambda messages: publish_jobs(app, messages),
+            set_aside=set_aside,
+        ),
         worker_name=name,
-        options=RunnerOptions.from_settings(settings),
+        settings=settings,
         metrics=metrics,
+        on_claimed=dispatcher.nudge,
     )
     try:
         check_visibility_timeout(runner, settings)
@@ -121,7 +151,6 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
     )
     metrics.watch_busy(runner.held_job_ids)
     runner.gate.on_open(lambda dependency: _beat_after_outage(runner, dependency))
-    queue = model_queue(model).name
     registration = Registration(
         engine,
         settings,
@@ -147,7 +176,23 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
     start_reconcile_loop(
         engine, app, settings, name, stop, before_pass=lambda: _beat_held_jobs(runner)
     )
-    return WorkerRuntime(settings, app, runner, uploads, metrics, name, queue, stop, registration)
+    # And every worker keeps its model's window full (worker.dispatching).
+    dispatcher.start()
+    dispatcher.nudge()
+    return WorkerRuntime(
+        settings, app, runner, uploads, metrics, name, queue, stop, registration, dispatcher
+    )
+
+
+def check_dependencies(settings: Settings, engine: Engine, app: Celery, store: ObjectStore) -> None:
+    """Refuse to start, with one line that says what to fix, unless the database has the schema,
+    the broker answers and the store takes and gives back a probe object."""
+    from migrations.runner import check_schema
+    from taskqueue.app import check_broker
+
+    check_schema(settings.resolved_database_url)
+    check_broker(app, doing="start the worker")
+    store.verify_access()
 
 
 class _NoTracebackForBadMessages(logging.Filter):
@@ -220,11 +265,18 @@ def _heartbeat_loop(
 
 
 def _beat_held_jobs(runner: BatchRunner) -> None:
-    """Refresh the heartbeat of the jobs this worker's deliveries hold right now."""
+    """Refresh the heartbeat of the jobs this worker's deliveries hold right now, and vouch for
+    the messages it holds unclaimed. Not while an outage pauses the worker: those messages are
+    then left to go stale, so the reconciler publishes them again for workers that can run
+    them (worker.outage)."""
     held = runner.held_job_ids()
-    if held:
+    unclaimed = [] if runner.gate.paused else runner.claims.unclaimed_messages()
+    if held or unclaimed:
         with session_scope(runner.outlets.engine) as session:
-            job_store.heartbeat(session, runner.worker_name, job_ids=held)
+            if held:
+                job_store.heartbeat(session, runner.worker_name, job_ids=held)
+            if unclaimed:
+                job_store.hold_dispatched(session, unclaimed)
 
 
 def _beat_after_outage(runner: BatchRunner, dependency: str) -> None:

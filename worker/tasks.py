@@ -42,13 +42,19 @@ def register_generate_task(
 
     visibility.install()
 
-    @app.task(
-        name=GENERATE_TASK, **batch_task_options(max_batch=max_batch, max_wait_ms=max_wait_ms)
+    options = batch_task_options(
+        max_batch=max_batch, max_wait_ms=max_wait_ms, on_received=runner.claims.receive
     )
+
+    @app.task(name=GENERATE_TASK, **options)
     def generate(requests: Sequence[SimpleRequest]) -> None:
         # `celery inspect active` and Flower see the batch's messages while it runs.
-        with visibility.in_flight([request.id for request in requests]) as flight:
-            handle(requests, flight)
+        try:
+            with visibility.in_flight([request.id for request in requests]) as flight:
+                handle(requests, flight)
+        finally:
+            # Acked when this returns: the worker no longer vouches for these messages.
+            runner.claims.forget(request.id for request in requests)
 
     def handle(requests: Sequence[SimpleRequest], flight: visibility.Flight) -> None:
         jobs = jobs_from(requests)
@@ -68,7 +74,7 @@ def register_generate_task(
             # and these messages are acked on return. Send the jobs again, late enough for any
             # this delivery claimed to look abandoned and be taken over.
             log.error("batch of %d jobs gave up (%s); publishing them again", len(jobs), error)
-            countdown = runner.options.stuck_after_s + backoff_seconds(1)
+            countdown = runner.settings.stuck_after_s + backoff_seconds(1)
             redeliver(app, runner, jobs, countdown=countdown)
             return
         flight.fail(report.failed, "the job failed; `loopfree status JOB_ID` has its error")

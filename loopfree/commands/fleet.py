@@ -4,6 +4,7 @@ them imports torch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Annotated
 
@@ -52,16 +53,14 @@ def metrics(
 
     from core.modelinfo import canonical_model
     from fleet.exporter import FleetCollector, serve
-    from storage.db import make_engine
-    from taskqueue.app import make_celery
+    from loopfree import resources
 
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     models = [canonical_model(name) for name in (model or [settings.model])]
-    engine = make_engine(settings.resolved_database_url)
     collector = FleetCollector(
-        engine,
-        make_celery(settings),
+        resources.engine(),
+        resources.celery_app(),
         models=models,
         target_s=target_seconds,
         startup_s=startup_seconds,
@@ -69,12 +68,8 @@ def metrics(
     stop = threading.Event()
     # SIGTERM (docker stop, a pod being replaced) ends the loop like Ctrl-C, with a clean exit.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(collector, port=port, address=address, interval_s=interval, stop=stop)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        engine.dispose()
 
 
 def scale(
@@ -101,7 +96,8 @@ def scale(
     from core.modelinfo import canonical_model
     from fleet.exporter import age_s, count_pending, measure_throughput, oldest_queued_at
     from fleet.scaling import plan_scale
-    from storage.db import make_engine, session_scope
+    from loopfree import resources
+    from storage.db import session_scope
     from storage.models import utcnow
 
     if max_workers is not None and max_workers < min_workers:
@@ -111,14 +107,10 @@ def scale(
         )
     settings = get_settings()
     name = canonical_model(model or settings.model)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(engine) as session:
-            pending = count_pending(session, name)
-            oldest = oldest_queued_at(session, name)
-            throughput = measure_throughput(session, name)
-    finally:
-        engine.dispose()
+    with session_scope(resources.engine()) as session:
+        pending = count_pending(session, name)
+        oldest = oldest_queued_at(session, name)
+        throughput = measure_throughput(session, name)
     plan = plan_scale(
         name,
         pending,
@@ -145,11 +137,22 @@ def requeue(
     failed: Annotated[bool, typer.Option(help="Queue failed jobs again.")] = False,
     submission: Annotated[str | None, typer.Option(help="Only this submission.")] = None,
 ) -> None:
-    """Reconcile the broker with the database. Safe to run at any time, alongside workers."""
-    from fleet.reconcile import requeue as do_requeue
+    """Reconcile the broker with the database: take back jobs of dead workers and publish again
+    window jobs whose message was lost (--stuck), queue failed jobs again (--failed), move the
+    queued jobs of cancelled submissions. Safe to run at any time, alongside workers."""
+    from fleet.reconcile import reconcile
+    from loopfree import resources
 
-    result = do_requeue(get_settings(), stuck=stuck, failed=failed, submission_id=submission)
-    typer.echo(json.dumps(result))
+    report = reconcile(
+        resources.engine(),
+        resources.celery_app(),
+        stuck_after_s=get_settings().stuck_after_s,
+        stuck=stuck,
+        failed=failed,
+        submission_id=submission,
+        cancel_chunks=None,
+    )
+    typer.echo(json.dumps(report.to_json()))
 
 
 def dead_letters(
@@ -162,11 +165,11 @@ def dead_letters(
     shape, named a task other than loopfree.generate or were too large (JSON lines: queue,
     reason, time, the entry). Jobs are never lost this way: `requeue --stuck` republishes any
     queued job whose message went here."""
-    from taskqueue.app import make_celery
+    from loopfree import resources
     from taskqueue.dead_letters import clear_dead_letters, count_dead_letters, list_dead_letters
-    from taskqueue.redis_publish import supports
+    from taskqueue.redis_lists import supports
 
-    app = make_celery(get_settings())
+    app = resources.celery_app()
     if not supports(app.conf.broker_url):
         typer.echo("dead letters are kept on Redis brokers only; this broker has none", err=True)
         return

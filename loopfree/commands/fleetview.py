@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from core.settings import get_settings
+from loopfree import resources
 
 
 def _ago(moment: datetime, now: datetime) -> str:
@@ -33,15 +33,13 @@ def workers(
 ) -> None:
     """Live workers (those whose heartbeat is younger than their TTL): model, host, images done."""
     from core.modelinfo import canonical_model
-    from status.queries import engine_for
     from storage.db import session_scope
     from storage.models import utcnow
     from storage.workers import is_live, list_workers
 
     now = utcnow()
-    engine = engine_for(get_settings())
     wanted = canonical_model(model) if model else None
-    with session_scope(engine) as session:
+    with session_scope(resources.engine()) as session:
         rows = list_workers(session, model=wanted, include_dead=all_, now=now)
     records = [
         {
@@ -93,45 +91,34 @@ def submissions(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
-    """Recent submissions: id, file, model, created, counts, progress and rate."""
-    from status.queries import engine_for
+    """Recent submissions: id, file, owner, model, created, progress, share of the fleet, rate."""
+    from status.summary import summarize
     from storage.db import session_scope
-    from storage.overview import recent_submissions
+    from storage.gallery import list_submissions
 
-    with session_scope(engine_for(get_settings())) as session:
-        summaries = recent_submissions(session, limit=limit)
-    records = [
-        {
-            "id": s.id,
-            "source": s.source,
-            "models": list(s.models),
-            "created_at": s.created_at.isoformat(),
-            "finished_at": s.finished_at.isoformat() if s.finished_at else None,
-            "job_count": s.job_count,
-            "done": s.done,
-            "counts": s.counts,
-            "images_per_s": s.images_per_s,
-        }
-        for s in summaries
-    ]
+    with session_scope(resources.engine()) as session:
+        summaries = summarize(session, list_submissions(session, limit=limit))
+    records = [summary.as_dict() for summary in summaries]
     if json_:
         typer.echo(json.dumps(records, indent=1))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "file", "model", "created", "done", "failed", "open", "images/s")
-    for record in records:
-        counts = record["counts"]
-        rate = record["images_per_s"]
+    table = Table("id", "file", "owner", "model", "created", "done", "failed", "open", "share",
+                  "images/s")  # fmt: skip
+    for summary, record in zip(summaries, records, strict=True):
+        rate = summary.images_per_s
         table.add_row(
-            record["id"][:8],
-            record["source"],
-            ", ".join(record["models"]),
+            summary.id[:8],
+            summary.source,
+            summary.owner,
+            ", ".join(summary.models),
             record["created_at"][:19].replace("T", " "),
-            f"{record['done']}/{record['job_count']}",
-            str(counts["failed"]),
-            str(counts["queued"] + counts["running"]),
+            f"{summary.done}/{summary.job_count}",
+            str(summary.counts["failed"]),
+            str(summary.open),
+            " ".join(f"{100 * share:.0f}%" for share in summary.shares.values()) or "-",
             "-" if rate is None else f"{rate:.2f}",
         )
     Console().print(table)

@@ -23,6 +23,7 @@ def run(
     ] = False,
 ) -> None:
     """Submit FILE, render it with a worker in this process, wait, and print where images are."""
+    from loopfree import resources
     from migrations.runner import upgrade
     from producer.prompts import JobDefaults
     from producer.submit import submit_file
@@ -36,9 +37,15 @@ def run(
     model = model or settings.model
     upgrade(settings.resolved_database_url)
     with embedded_worker(settings, model):
-        report = submit_file(settings, file, JobDefaults(model=model, seed_base=seed))
+        report = submit_file(
+            settings,
+            file,
+            JobDefaults(model=model, seed_base=seed),
+            engine=resources.engine(),
+            app=resources.celery_app(),
+        )
         typer.echo(f"submission {report.submission_id}: {report.jobs} jobs")
-        ok = wait_for(settings, report.submission_id)
+        ok = wait_for(resources.engine(), report.submission_id)
     typer.echo(f"images: {settings.resolved_storage_url}/{report.submission_id}/")
     typer.echo(f"list them: {_cli_name()} jobs --submission {report.submission_id[:8]}")
     raise typer.Exit(0 if ok else 1)

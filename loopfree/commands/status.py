@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ from typing import Annotated
 import typer
 
 from core.settings import get_settings
+from loopfree import resources
 
 
 class Format(str, Enum):
@@ -29,46 +31,54 @@ def status(
     ],
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """A submission's counts by status, rate and ETA, or one job's record."""
-    from status.queries import SubmissionStatus, engine_for, format_seconds, lookup
+    """A submission's jobs by stage (queued, claimed, rendering, succeeded, failed, cancelled),
+    owner, share of the fleet, rate and ETA; or one job's record."""
+    from status.queries import lookup
+    from status.summary import SubmissionSummary, format_seconds
 
-    found = lookup(engine_for(get_settings()), identifier)
-    if not isinstance(found, SubmissionStatus):
-        typer.echo(json.dumps({"kind": "job", **found} if json_ else found, indent=2))
+    found = lookup(resources.engine(), identifier)
+    if not isinstance(found, SubmissionSummary):
+        typer.echo(json.dumps({"kind": "job", **found}, indent=2, default=str))
         return
     if json_:
         typer.echo(json.dumps({"kind": "submission", **found.as_dict()}, indent=2))
         return
-    typer.echo(f"submission {found.id} ({found.source}), created {found.created_at}")
+    created = found.created_at.isoformat(timespec="seconds")
+    typer.echo(f"submission {found.id} ({found.source}) by {found.owner}, created {created}")
     typer.echo(f"jobs: {found.job_count}  done: {found.done}  finished: {found.finished}")
     for name, count in found.counts.items():
         typer.echo(f"  {name:<10} {count}")
+    if found.cancelled_at is not None:
+        moving = f"; {found.cancelling} queued job(s) still moving" if found.cancelling else ""
+        typer.echo(f"cancelled at {found.cancelled_at.isoformat(timespec='seconds')}{moving}")
+    for model, share in found.shares.items():
+        typer.echo(f"share of {model}'s images (last minute): {100 * share:.0f}%")
     if found.unserved_models:
         typer.secho(f"warning: {found.waiting_note()}", fg=typer.colors.YELLOW, err=True)
-    elif found.eta_s is not None and found.images_per_s:
-        typer.echo(f"rate: {found.images_per_s:.2f} images/s  ETA: {format_seconds(found.eta_s)}")
+    elif found.images_per_s:
+        eta = f"  ETA: {format_seconds(found.eta_s)}" if found.eta_s is not None else ""
+        typer.echo(f"rate: {found.images_per_s:.2f} images/s{eta}")
 
 
 def jobs(
     submission: Annotated[str | None, typer.Option(help="Only this submission's jobs.")] = None,
     status_: Annotated[
-        str | None, typer.Option("--status", help="Only jobs in this status.")
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only jobs in this stage: queued, claimed, rendering (running: both), "
+            "succeeded, failed, cancelled.",
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many.")] = None,
     format: Annotated[Format, typer.Option()] = Format.table,
 ) -> None:
-    """List jobs from the database."""
-    from status.queries import engine_for, list_jobs
-    from storage.models import JobStatus
+    """List jobs from the database (streamed: the first line comes at once, whatever the size)."""
+    from status.queries import list_jobs
 
-    if status_ is not None and status_ not in {s.value for s in JobStatus}:
-        names = ", ".join(s.value for s in JobStatus)
-        raise typer.BadParameter(f"unknown status {status_!r}; use one of {names}")
-    records = list_jobs(
-        engine_for(get_settings()), submission_id=submission, status=status_, limit=limit
-    )
+    records = list_jobs(resources.engine(), submission_id=submission, stage=status_, limit=limit)
     if format is Format.json:
-        typer.echo(json.dumps(list(records), indent=1))
+        _write_json_array(records)
     elif format is Format.csv:
         from status.queries import JOB_FIELDS
 
@@ -95,7 +105,7 @@ def jobs(
                 record["submission_id"][:8],
                 str(record["line_number"]),
                 record["status"],
-                str(record["priority"]),
+                record["priority_name"],
                 str(record["seed"]),
                 f"{record['width']}x{record['height']}",
                 record["prompt"][:40],
@@ -111,27 +121,26 @@ def wait(
     """Follow a submission until every job is done; exits 1 if any failed."""
     from status.queries import wait_for
 
-    raise typer.Exit(0 if wait_for(get_settings(), identifier, timeout_s=timeout) else 1)
+    raise typer.Exit(0 if wait_for(resources.engine(), identifier, timeout_s=timeout) else 1)
 
 
 def stats(
     window: Annotated[float, typer.Option(help="Seconds of recent history.")] = 300.0,
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Counts by status, images/s, p50/p95 queue wait and end-to-end latency, batch fill."""
-    from status.queries import engine_for
+    """Jobs by stage, images/s while work was being done, p50/p95 queue wait and end-to-end
+    latency, batch fill."""
     from status.queries import stats as compute
 
-    result = compute(engine_for(get_settings()), window_s=window)
+    result = compute(resources.engine(), window_s=window)
     if json_:
         typer.echo(json.dumps(result, indent=2))
         return
     counts = "  ".join(f"{name}={count}" for name, count in result["counts"].items())
     typer.echo(f"jobs: {counts}")
-    active = result["active_s"]
     typer.echo(
-        f"last {window:.0f}s: {_fmt(result['active_images_per_s'])} images/s while active "
-        f"({_fmt(active)}s active; {result['images_per_s']:.2f} images/s over the whole window)"
+        f"last {window:.0f}s: {_fmt(result['images_per_s'])} images/s "
+        f"({result['images']} images in {_fmt(result['active_s'])}s of work)"
     )
     for name in ("queue_wait_s", "end_to_end_s"):
         p = result[name]
@@ -146,12 +155,39 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def cancel(identifier: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Cancel a queued job, or every queued job of a submission. Running jobs finish."""
+def cancel(
+    identifier: Annotated[str, typer.Argument(metavar="ID")],
+    wait: Annotated[
+        bool, typer.Option(help="Move every queued row now rather than leave the rest to workers.")
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Cancel a queued job, or a submission: nothing more of it is sent or claimed, its messages
+    leave the broker, its queued jobs become cancelled. Jobs claimed or rendering finish."""
+    from status.queries import CANCEL_BUDGET_S
     from status.queries import cancel as do_cancel
-    from status.queries import engine_for
 
-    typer.echo(f"cancelled {do_cancel(engine_for(get_settings()), identifier)} job(s)")
+    report = do_cancel(
+        resources.engine(),
+        resources.celery_app(),
+        identifier,
+        budget_s=None if wait else CANCEL_BUDGET_S,
+    )
+    if json_:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    if report.note:
+        typer.echo(report.note)
+        return
+    typer.echo(f"cancelled {report.cancelled} job(s)")
+    if report.remaining:
+        typer.echo(
+            f"{report.remaining} more queued job(s) of {report.submission_id[:8]} move to "
+            "cancelled in the background (the workers' reconcile pass; `loopfree cancel ID "
+            "--wait` moves them now); none of them will run"
+        )
+    if report.unfinished:
+        typer.echo(f"{report.unfinished} job(s) already claimed or rendering will finish")
 
 
 def results(
@@ -180,15 +216,16 @@ def results(
     if contact_sheet is not None:
         _contact_sheet(identifier, contact_sheet, columns, thumb, status_ or [], limit, page)
         return
+    records = manifest(
+        resources.engine(), resources.store(), identifier, expiry_s=settings.presign_expiry_s
+    )
     if download is None:
-        for record in manifest(settings, identifier):
+        for record in records:
             typer.echo(json.dumps(record))
         return
     from status.download import sync_results
-    from storage.objects import store_for
 
-    store = store_for(settings)
-    report = sync_results(manifest(settings, identifier), store, download)
+    report = sync_results(records, resources.store(), download)
     typer.echo(
         f"{download}: {report.downloaded} downloaded, {report.unchanged} already there "
         f"(same sha256), manifest {report.manifest.name}"
@@ -206,28 +243,39 @@ def _contact_sheet(
     per_sheet: int,
     page: int | None,
 ) -> None:
-    from status.queries import engine_for, resolve_id
-    from status.sheets import contact_sheets
-    from storage.models import JobStatus
+    from status.queries import resolve_id
+    from status.sheets import render_contact_sheets
+    from storage.progress import STAGES
 
-    identifier = resolve_id(engine_for(get_settings()), identifier, kinds=("submission",))
-
-    known = {s.value: s for s in JobStatus}
+    identifier = resolve_id(resources.engine(), identifier, kinds=("submission",))
     for name in statuses:
-        if name not in known:
-            raise typer.BadParameter(f"unknown status {name!r}; use one of {', '.join(known)}")
-    written = contact_sheets(
-        get_settings(),
+        if name not in STAGES:
+            raise typer.BadParameter(f"unknown status {name!r}; use one of {', '.join(STAGES)}")
+    written = render_contact_sheets(
+        resources.engine(),
+        resources.store(),
         identifier,
         out,
         columns=columns,
         thumb=thumb,
-        statuses=[known[name] for name in statuses],
+        stages=tuple(dict.fromkeys(statuses)),
         per_sheet=per_sheet,
         page=page,
     )
     for path in written:
         typer.echo(str(path))
+
+
+def _write_json_array(records: Iterator[dict]) -> None:
+    """A JSON array written element by element: memory holds one record, not the listing."""
+    out = sys.stdout
+    first = True
+    out.write("[")
+    for record in records:
+        out.write("\n " if first else ",\n ")
+        out.write(json.dumps(record, default=str))
+        first = False
+    out.write("]\n" if first else "\n]\n")
 
 
 def register(app: typer.Typer) -> None:

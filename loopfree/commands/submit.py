@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -20,10 +20,11 @@ from core.jobspec import (
     IMAGE_FORMATS,
     PRIORITY_LEVELS,
 )
-from core.settings import Settings, get_settings
+from core.settings import get_settings
 
 if TYPE_CHECKING:
-    from core.jobspec import ParsedJob
+    from producer.prompts import ParseResult
+    from producer.submit import FilePlan
 
 # The priority names a job accepts, as typer's choices.
 Priority = Enum("Priority", {name: name for name in PRIORITY_LEVELS}, type=str)
@@ -83,14 +84,31 @@ def submit(
             help="Refuse (exit 2, queue nothing) if no live worker serves a model of the file.",
         ),
     ] = False,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="Who submits: the fleet is shared fairly between owners (default: "
+            "LOOPFREE_OWNER, else your user name)."
+        ),
+    ] = None,
+    new: Annotated[
+        bool,
+        typer.Option(
+            "--new", help="A new submission even if this file was submitted with these options."
+        ),
+    ] = False,
 ) -> None:
     """Validate FILE, record its jobs in the database, queue them; prints the submission id.
 
-    Warns when no live worker serves a model it queues for (see `loopfree workers`)."""
+    Warns when no live worker serves a model it queues for (see `loopfree workers`), and refuses a
+    hub id the hub does not know."""
+    from core.jobspec import check_owner
+    from loopfree import resources
     from producer.prompts import JobDefaults
     from producer.submit import plan_file, submit_file
 
     settings = get_settings()
+    owner = check_owner(owner) if owner is not None else settings.resolved_owner
     defaults = JobDefaults(
         model=model or settings.model,
         seed_base=seed,
@@ -105,38 +123,44 @@ def submit(
     format = input_format.value if input_format else None
     with _prompt_source(file, format) as (path, format):
         if dry_run:
-            parsed, planned = plan_file(
-                settings, path, defaults, skip_invalid=skip_invalid, format=format
-            )
-            for error in parsed.skipped:
-                typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
-            _report_plan(planned)
-            _check_workers(settings, planned, require=require_worker)
+            plan = plan_file(settings, path, defaults, skip_invalid=skip_invalid, format=format)
+            _report_skipped(plan.parse)
+            _report_plan(plan)
+            _check_models(plan, require=require_worker)
             return
         report = submit_file(
             settings,
             path,
             defaults,
+            engine=resources.engine(),
+            app=resources.celery_app(),
             skip_invalid=skip_invalid,
             key=key,
+            new=new,
             webhook_url=webhook,
+            owner=owner,
             format=format,
-            check=lambda jobs: _check_workers(settings, jobs, require=require_worker),
+            check=lambda plan: _check_models(plan, require=require_worker),
+            progress=sys.stderr.isatty(),
         )
-    for error in report.parse.skipped:
-        typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
+    _report_skipped(report.parse)
     if not report.created:
         typer.secho(
-            f"already submitted: {report.inserted} missing job(s) added, "
-            f"{report.published} queued job(s) published again",
+            f"already submitted with these options: {report.inserted} missing job(s) added "
+            "(the rest were there)",
+            err=True,
+        )
+    elif report.published < report.jobs:
+        typer.secho(
+            f"{report.jobs} jobs recorded; the workers send them a window at a time, sharing "
+            f"the fleet fairly (owner {owner})",
             err=True,
         )
     typer.echo(report.submission_id)
     if wait:
         from status.queries import wait_for
 
-        raise typer.Exit(0 if wait_for(settings, report.submission_id) else 1)
-
+        raise typer.Exit(0 if wait_for(resources.engine(), report.submission_id) else 1)
 
 
 @contextlib.contextmanager
@@ -148,41 +172,54 @@ def _prompt_source(file: Path, format: str | None) -> Iterator[tuple[Path, str |
         return
     with tempfile.TemporaryDirectory(prefix="loopfree-stdin-") as folder:
         path = Path(folder) / "stdin"
-        path.write_bytes(sys.stdin.buffer.read())
+        with path.open("wb") as copy:  # streamed: stdin may be larger than memory
+            shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
         yield path, format or "txt"
 
 
-def _report_plan(jobs: list[ParsedJob]) -> None:
-    by_model = Counter(job.spec.model for job in jobs)
-    typer.echo(f"dry run: {len(jobs)} valid job(s), nothing queued")
-    for model, count in sorted(by_model.items()):
+def _report_skipped(parse: ParseResult) -> None:
+    for error in parse.skipped:
+        typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
+
+
+def _report_plan(plan: FilePlan) -> None:
+    typer.echo(f"dry run: {plan.jobs} valid job(s), nothing queued")
+    for model, count in sorted(plan.models.items()):
         typer.echo(f"  {count} for {model}")
 
 
-def _check_workers(settings: Settings, jobs: list[ParsedJob], *, require: bool) -> None:
-    """Say loudly, before anything is queued, which models of ``jobs`` no live worker serves:
-    their jobs would wait until one starts. With ``require``, refuse instead."""
+def _check_models(plan: FilePlan, *, require: bool) -> None:
+    """Before anything is queued: refuse a hub id the hub does not know, and say loudly which
+    models no live worker serves (their jobs wait until one starts); with ``require``, refuse
+    those too."""
     from core.errors import UserError
-    from storage.db import make_engine, session_scope
-    from storage.workers import models_served
+    from loopfree import resources
+    from producer.models import check_models
+    from storage.db import session_scope
+    from storage.workers import list_workers
 
-    models = sorted({job.spec.model for job in jobs})
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(engine) as session:
-            unserved = [m for m in models if m not in models_served(session, models)]
-    finally:
-        engine.dispose()
+    models = sorted(plan.models)
+    with session_scope(resources.engine()) as session:
+        live = {row.model for row in list_workers(session)}
+    for warning in check_models(models, live):
+        typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
+    unserved = [m for m in models if m not in live]
     if not unserved:
         return
     names = ", ".join(unserved)
-    message = (
-        f"no live worker serves {names}; its jobs wait until one starts "
-        f"(`loopfree worker --model {unserved[0]}`; `loopfree workers` lists live ones)"
-    )
+    start = f"`loopfree worker --model {unserved[0]}`; `loopfree workers` lists live ones"
     if require:
-        raise UserError(message + "; nothing was queued (--require-worker)")
-    typer.secho(f"WARNING: {message}", fg=typer.colors.YELLOW, bold=True, err=True)
+        raise UserError(
+            f"no live worker serves {names}, so nothing was queued (--require-worker); start "
+            f"one ({start}) and submit again, or submit without --require-worker to let the "
+            "jobs wait for one"
+        )
+    typer.secho(
+        f"WARNING: no live worker serves {names}; its jobs wait until one starts ({start})",
+        fg=typer.colors.YELLOW,
+        bold=True,
+        err=True,
+    )
 
 
 def register(app: typer.Typer) -> None:

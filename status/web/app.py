@@ -3,8 +3,9 @@
 Pages (server-rendered HTML, no scripts) and the JSON API under ``/api`` show the same records
 (``status.web.views``). Routes:
 
-    /                               submissions, newest first (?page=)
-    /submissions/{id}               thumbnail grid (?status=&q=&page=)
+    /                               submissions, newest first (?before= cursor)
+    /submissions/{id}               thumbnail grid (?status=&q=, ?after=/?before= position;
+                                    ?page= without filters)
     /jobs/{id}                      one job: full image, prompt, seed, timings, sha256, address
     /jobs/{id}/image                the image (PNG, WebP or JPEG), streamed from the store
     /jobs/{id}/thumb.webp           its 256 px thumbnail (made on first request, then cached)
@@ -42,8 +43,8 @@ from storage.db import Engine, make_engine, session_scope
 from storage.gallery import JobFilter, job_for_image
 from storage.ids import AmbiguousId
 from storage.ids import resolve as resolve_id
-from storage.models import JobStatus
 from storage.objects import ObjectNotFound, ObjectStore, store_for
+from storage.progress import STAGES
 
 REFRESH_S = 5
 """Pages with open work reload themselves this often (a meta refresh: no script needed)."""
@@ -87,17 +88,15 @@ class WebView:
     # -- HTML ---------------------------------------------------------------------------------
 
     def submissions(self, request: Request) -> Response:
-        summaries, page = views.submissions_page(self.engine, _page_number(request))
-        refresh = any(summary.open for summary in summaries)
+        summaries, page = views.submissions_page(self.engine, request.query_params.get("before"))
+        refresh = any(summary["open"] for summary in summaries)
         return self.render("submissions.html", submissions=summaries, page=page, refresh=refresh)
 
     def submission(self, request: Request) -> Response:
         submission_id = self._id(request, "submission_id")
         summary = views.submission_summary(self.engine, submission_id)
         wanted = _job_filter(request)
-        jobs, page = views.submission_jobs(
-            self.engine, submission_id, wanted, _page_number(request)
-        )
+        jobs, page = self._jobs_page(request, submission_id, wanted, views.JOBS_PER_PAGE)
         for job in jobs:
             job["thumb_width"], job["thumb_height"] = views.thumb_size(
                 job["width"], job["height"], THUMB_PX
@@ -105,21 +104,40 @@ class WebView:
         return self.render(
             "submission.html",
             submission=summary,
-            times=views.run_times(self.engine, submission_id),
             jobs=jobs,
             page=page,
-            statuses=[status.value for status in JobStatus],
-            wanted_status=wanted.statuses[0].value if len(wanted.statuses) == 1 else "",
+            stages=list(STAGES),
+            wanted_stage=wanted.stages[0] if len(wanted.stages) == 1 else "",
             query=wanted.text,
-            refresh=summary.open > 0,
-            page_link=_page_link(request),
+            refresh=summary["open"] > 0,
+            link=_link(request),
+        )
+
+    def _jobs_page(
+        self, request: Request, submission_id: str, wanted: JobFilter, size: int
+    ) -> tuple[list[dict[str, Any]], views.JobsPage]:
+        """The page a request asks for: ``?after=POS`` or ``?before=POS`` (keyset), or, for an
+        unfiltered grid whose positions run 0..n-1, ``?page=N`` (the same keyset underneath)."""
+        after = _position_param(request, "after")
+        before = _position_param(request, "before")
+        if "page" in request.query_params:
+            if wanted.stages or wanted.text:
+                raise UserError(
+                    "page= numbers only the unfiltered grid; follow its next/previous links"
+                )
+            after = (_page_number(request) - 1) * size - 1
+        return views.submission_jobs(
+            self.engine,
+            submission_id,
+            wanted,
+            after=-1 if after is None else after,
+            before=before,
+            size=size,
         )
 
     def job(self, request: Request) -> Response:
         record = views.job_detail(self.engine, self._id(request, "job_id"))
-        return self.render(
-            "job.html", job=record, refresh=record["status"] in ("queued", "running")
-        )
+        return self.render("job.html", job=record, refresh=record["status"] in views.OPEN)
 
     def workers(self, request: Request) -> Response:
         queue = stats(self.engine)
@@ -128,7 +146,7 @@ class WebView:
             workers=views.workers_view(self.engine),
             stats=queue,
             window_s=views.WORKERS_WINDOW_S,
-            refresh=any(queue["counts"][status.value] for status in views.OPEN),
+            refresh=any(queue["counts"][stage] for stage in views.OPEN),
         )
 
     # -- images -------------------------------------------------------------------------------
@@ -164,21 +182,18 @@ class WebView:
     # -- JSON ---------------------------------------------------------------------------------
 
     def api_submissions(self, request: Request) -> Response:
-        summaries, page = views.submissions_page(self.engine, _page_number(request))
-        return JSONResponse({"submissions": [s.as_json() for s in summaries], **page.as_json()})
+        summaries, page = views.submissions_page(self.engine, request.query_params.get("before"))
+        return JSONResponse({"submissions": summaries, **page.as_json()})
 
     def api_submission(self, request: Request) -> Response:
         submission_id = self._id(request, "submission_id")
-        summary = views.submission_summary(self.engine, submission_id).as_json()
-        return JSONResponse({**summary, **views.run_times(self.engine, submission_id)})
+        return JSONResponse(views.submission_summary(self.engine, submission_id))
 
     def api_submission_jobs(self, request: Request) -> Response:
         submission_id = self._id(request, "submission_id")
         views.submission_summary(self.engine, submission_id)  # 404 for an unknown submission
         per_page = _int_param(request, "per_page", views.JOBS_PER_PAGE, views.MAX_JOBS_PER_PAGE)
-        jobs, page = views.submission_jobs(
-            self.engine, submission_id, _job_filter(request), _page_number(request), per_page
-        )
+        jobs, page = self._jobs_page(request, submission_id, _job_filter(request), per_page)
         return JSONResponse({"jobs": jobs, **page.as_json()})
 
     def api_job(self, request: Request) -> Response:
@@ -319,24 +334,42 @@ def _page_number(request: Request) -> int:
     return _int_param(request, "page", 1, 1_000_000)
 
 
+def _position_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserError(
+            f"{name}={raw[:40]!r} is not a job position; follow the page's links"
+        ) from None
+    if not -1 <= value <= 10**9:
+        raise UserError(f"{name}={value} is not a job position; follow the page's links")
+    return value
+
+
 def _job_filter(request: Request) -> JobFilter:
-    """``?status=failed`` (repeatable; empty means any) and ``?q=text`` (substring of prompt)."""
+    """``?status=failed`` (repeatable; empty means any; the stages of ``storage.progress``) and
+    ``?q=text`` (substring of prompt)."""
     names = [name for name in request.query_params.getlist("status") if name]
-    known = {status.value: status for status in JobStatus}
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names if name not in STAGES]
     if unknown:
-        raise UserError(f"unknown status {unknown[0]!r}; use one of {', '.join(known)}")
+        raise UserError(f"unknown status {unknown[0]!r}; use one of {', '.join(STAGES)}")
     text = (request.query_params.get("q") or "").strip()
     if len(text) > MAX_QUERY_CHARS:
         raise UserError(f"the text filter is limited to {MAX_QUERY_CHARS} characters")
-    return JobFilter(statuses=tuple(dict.fromkeys(known[name] for name in names)), text=text)
+    return JobFilter(stages=tuple(dict.fromkeys(names)), text=text)
 
 
-def _page_link(request: Request) -> Callable[[int], str]:
-    """``page_link(n)``: this page's address with ``page=n`` and the other filters kept."""
-    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "page"]
+def _link(request: Request) -> Callable[..., str]:
+    """``link(after=n)``: this page's address with the filters kept and the cursor replaced
+    (``link()``: the first page)."""
+    cursors = ("page", "after", "before")
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in cursors]
 
-    def link(number: int) -> str:
-        return f"{request.url.path}?{urlencode([*kept, ('page', str(number))])}"
+    def link(**cursor: int) -> str:
+        query = urlencode([*kept, *((name, str(value)) for name, value in cursor.items())])
+        return f"{request.url.path}?{query}" if query else request.url.path
 
     return link

@@ -7,32 +7,20 @@ write lock, so the view must never hold one while it fetches or scales an image)
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from core.errors import UserError
+from status.summary import SubmissionSummary, summarize
 from status.web.thumbs import HASH_PREFIX_CHARS
 from storage.db import Engine, session_scope
-from storage.gallery import (
-    JobFilter,
-    count_jobs,
-    count_submissions,
-    find_jobs,
-    list_submissions,
-    recent_workers,
-    run_span,
-    status_counts_for,
-    succeeded_since_for,
-)
-from storage.models import Job, JobStatus, Submission, utcnow
+from storage.gallery import JobFilter, count_jobs, find_jobs, list_submissions, recent_workers
+from storage.models import Job, JobStatus, utcnow
+from storage.progress import OPEN_STAGES, stage_of
 from storage.queries import get_job
 from storage.submissions import get_submission
-
-RATE_WINDOW_S = 60.0
-"""Throughput of a running submission is measured over the last minute: long enough to smooth
-batch boundaries, short enough that the ETA follows a fleet that scales up or down."""
 
 WORKERS_WINDOW_S = 300.0
 """A worker counts as recent if it finished a job in the last five minutes (or holds one)."""
@@ -40,132 +28,138 @@ WORKERS_WINDOW_S = 300.0
 SUBMISSIONS_PER_PAGE = 25
 JOBS_PER_PAGE = 100
 MAX_JOBS_PER_PAGE = 500
-OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
+OPEN = OPEN_STAGES
 
 
 class NotFound(UserError):
     """No submission or job with that id."""
 
 
-@dataclass(frozen=True)
-class SubmissionSummary:
-    """One row of the submissions page, and the head of a submission's page."""
+def summary_view(summary: SubmissionSummary) -> dict[str, Any]:
+    """A submission's summary as the pages and the API show it."""
+    record = summary.as_dict()
+    record["short_id"] = summary.id[:8]
+    record["model"] = ", ".join(summary.models) or None
+    record["progress"] = summary.progress
+    record["cancelling"] = summary.cancelling
+    return record
 
-    id: str
-    short_id: str
-    source: str
-    model: str | None
-    created_at: str
-    finished_at: str | None
-    job_count: int
-    counts: dict[str, int]
-    done: int
-    open: int
-    progress: float  # 0..1, terminal jobs over all
-    images_per_s: float | None
-    eta_s: float | None
+
+@dataclass(frozen=True)
+class SubmissionsPage:
+    """A page of submissions, newest first; ``older`` is the cursor of the next page."""
+
+    older: str | None
+    newest: bool
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"next_before": self.older}
 
 
-@dataclass(frozen=True)
-class Page:
-    """Where a paged listing stands: 1-based ``number`` of ``count`` pages, ``total`` rows."""
-
-    number: int
-    size: int
-    total: int
-    count: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "count", max(1, math.ceil(self.total / self.size)))
-
-    @property
-    def offset(self) -> int:
-        return (self.number - 1) * self.size
-
-    def as_json(self) -> dict[str, int]:
-        return {
-            "page": self.number,
-            "per_page": self.size,
-            "total": self.total,
-            "pages": self.count,
-        }
-
-
-def summarize(
-    submission: Submission,
-    counts: dict[JobStatus, int],
-    recent_succeeded: int,
-    now: datetime,
-) -> SubmissionSummary:
-    """A submission's progress, throughput and ETA from its counts.
-
-    Throughput of an open submission: jobs that succeeded in the last ``RATE_WINDOW_S`` seconds
-    (or since it was created, if that is more recent) per second. Of a finished one: all its
-    images over the time from creation to the last job finished.
-    """
-    total = sum(counts.values())
-    open_jobs = sum(counts[s] for s in OPEN)
-    done = total - open_jobs
-    rate: float | None = None
-    if open_jobs:
-        elapsed = min(RATE_WINDOW_S, (now - submission.created_at).total_seconds())
-        rate = recent_succeeded / elapsed if elapsed > 0 and recent_succeeded else None
-    elif submission.finished_at is not None and counts[JobStatus.SUCCEEDED]:
-        elapsed = (submission.finished_at - submission.created_at).total_seconds()
-        rate = counts[JobStatus.SUCCEEDED] / elapsed if elapsed > 0 else None
-    return SubmissionSummary(
-        id=submission.id,
-        short_id=submission.id[:8],
-        source=submission.source,
-        model=(submission.defaults or {}).get("model"),
-        created_at=submission.created_at.isoformat(timespec="seconds"),
-        finished_at=_iso(submission.finished_at),
-        job_count=submission.job_count,
-        counts={status.value: count for status, count in counts.items()},
-        done=done,
-        open=open_jobs,
-        progress=done / total if total else 1.0,
-        images_per_s=rate,
-        eta_s=open_jobs / rate if rate and open_jobs else None,
-    )
-
-
-def submissions_page(engine: Engine, number: int) -> tuple[list[SubmissionSummary], Page]:
-    """A page of submissions, newest first, with their counts and rates (three queries)."""
-    now = utcnow()
+def submissions_page(
+    engine: Engine, before: str | None = None
+) -> tuple[list[dict[str, Any]], SubmissionsPage]:
+    """The ``SUBMISSIONS_PER_PAGE`` submissions created before the cursor ``before``
+    (``created_at,id`` of the last one of the previous page), or the newest."""
+    cursor = parse_cursor(before) if before else None
     with session_scope(engine) as session:
-        page = Page(number, SUBMISSIONS_PER_PAGE, count_submissions(session))
-        submissions = list_submissions(session, limit=page.size, offset=page.offset)
-        ids = [submission.id for submission in submissions]
-        counts = status_counts_for(session, ids)
-        recent = succeeded_since_for(session, ids, now - timedelta(seconds=RATE_WINDOW_S))
-    summaries = [summarize(s, counts[s.id], recent[s.id], now) for s in submissions]
-    return summaries, page
+        found = list_submissions(session, limit=SUBMISSIONS_PER_PAGE + 1, before=cursor)
+        shown = found[:SUBMISSIONS_PER_PAGE]
+        summaries = summarize(session, shown)
+    older = None
+    if len(found) > SUBMISSIONS_PER_PAGE:
+        last = shown[-1]
+        older = f"{last.created_at.isoformat()},{last.id}"
+    return [summary_view(s) for s in summaries], SubmissionsPage(older, before is None)
 
 
-def submission_summary(engine: Engine, submission_id: str) -> SubmissionSummary:
-    now = utcnow()
+def parse_cursor(text: str) -> tuple[datetime, str]:
+    """``created_at,id`` back into a cursor; a clear 400 for anything else."""
+    stamp, _, submission_id = text.rpartition(",")
+    try:
+        return datetime.fromisoformat(stamp), str(uuid.UUID(submission_id))
+    except ValueError:
+        raise UserError(
+            f"before={text[:80]!r} is not a page cursor; follow the page's own links"
+        ) from None
+
+
+def submission_summary(engine: Engine, submission_id: str) -> dict[str, Any]:
     with session_scope(engine) as session:
         submission = get_submission(session, submission_id)
         if submission is None:
             raise NotFound(f"no submission has id {submission_id}")
-        counts = status_counts_for(session, [submission_id])[submission_id]
-        since = now - timedelta(seconds=RATE_WINDOW_S)
-        recent = succeeded_since_for(session, [submission_id], since)[submission_id]
-    return summarize(submission, counts, recent, now)
+        (summary,) = summarize(session, [submission])
+    return summary_view(summary)
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    """Where a page of a submission's jobs stands: keyset cursors, not page offsets."""
+
+    size: int
+    total: int | None  # jobs matching the filter (None with a text filter)
+    first: int | None  # position of the first job shown
+    last: int | None  # position of the last job shown
+    has_prev: bool
+    has_next: bool
+    numbered: bool  # unfiltered: positions are 0..n-1, so pages have numbers
+
+    @property
+    def number(self) -> int | None:
+        if not self.numbered or self.first is None:
+            return None
+        return self.first // self.size + 1
+
+    @property
+    def count(self) -> int | None:
+        if not self.numbered or self.total is None:
+            return None
+        return max(1, -(-self.total // self.size))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "per_page": self.size,
+            "total": self.total,
+            "page": self.number,
+            "pages": self.count,
+            "next_after": self.last if self.has_next else None,
+            "prev_before": self.first if self.has_prev else None,
+        }
 
 
 def submission_jobs(
-    engine: Engine, submission_id: str, wanted: JobFilter, number: int, size: int = JOBS_PER_PAGE
-) -> tuple[list[dict[str, Any]], Page]:
-    """A page of a submission's jobs matching ``wanted``, as records."""
+    engine: Engine,
+    submission_id: str,
+    wanted: JobFilter,
+    *,
+    after: int = -1,
+    before: int | None = None,
+    size: int = JOBS_PER_PAGE,
+) -> tuple[list[dict[str, Any]], JobsPage]:
+    """A page of a submission's jobs matching ``wanted``, after (or before) a position."""
     with session_scope(engine) as session:
         total = count_jobs(session, submission_id, wanted)
-        page = Page(number, size, total)
-        jobs = find_jobs(session, submission_id, wanted, limit=page.size, offset=page.offset)
+        found = find_jobs(
+            session, submission_id, wanted, limit=size + 1, after=after, before=before
+        )
+        if before is not None:
+            has_prev, jobs = len(found) > size, found[-size:]
+            has_next = True
+        else:
+            has_next, jobs = len(found) > size, found[:size]
+            has_prev = after >= 0 and bool(
+                jobs and find_jobs(session, submission_id, wanted, limit=1, before=jobs[0].position)
+            )
+    page = JobsPage(
+        size=size,
+        total=total,
+        first=jobs[0].position if jobs else None,
+        last=jobs[-1].position if jobs else None,
+        has_prev=has_prev,
+        has_next=has_next and bool(jobs),
+        numbered=not wanted.stages and not wanted.text,
+    )
     return [job_view(job) for job in jobs], page
 
 
@@ -178,13 +172,6 @@ def job_detail(engine: Engine, job_id: str) -> dict[str, Any]:
     record = job_view(job)
     record["submission_source"] = submission.source if submission else None
     return record
-
-
-def run_times(engine: Engine, submission_id: str) -> dict[str, str | None]:
-    """When a submission's first job started and its last finished, for its page."""
-    with session_scope(engine) as session:
-        first, last = run_span(session, submission_id)
-    return {"first_started_at": _iso(first), "last_finished_at": _iso(last)}
 
 
 def workers_view(engine: Engine) -> list[dict[str, Any]]:
@@ -219,7 +206,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "steps": job.steps,
         "model": job.model,
         "priority": job.priority,
-        "status": job.status.value,
+        "status": stage_of(job),
         "attempts": job.attempts,
         "worker": job.worker,
         "batch_id": job.batch_id,

@@ -22,6 +22,7 @@ from storage.models import utcnow
 from storage.submissions import create_submission, insert_jobs, job_id_for
 from tests.conftest import REDIS_URL, redis_client
 from tests.harness import delete_queue_keys, job_result, parsed_jobs
+from tests.storage.helpers import mark_succeeded
 
 MODEL_A = "fleet-test/busy"
 MODEL_B = "fleet-test/idle"
@@ -63,7 +64,7 @@ def run_batch(
         assert sorted(claimed) == sorted(job_ids)
         for job_id in job_ids:
             result = job_result(job_id, sample_s=0.5, gpu_share_s=0.5 / len(job_ids))
-            assert job_store.mark_succeeded(session, job_id, result, now=end)
+            assert mark_succeeded(session, job_id, result, now=end)
 
 
 @dataclass(frozen=True)

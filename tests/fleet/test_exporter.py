@@ -26,6 +26,7 @@ from storage.models import Job, JobStatus, utcnow
 from taskqueue.app import make_celery, publish_jobs, queue_name
 from tests.conftest import free_port
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs
+from tests.storage.helpers import mark_succeeded
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -167,7 +168,7 @@ def test_pending_is_counted_afresh_every_refresh_and_finished_jobs_on_full_refre
     assert len(running) == 2
     with session_scope(engine) as session:  # w5 finishes its two jobs in 2 s
         for job_id in running:
-            done = job_store.mark_succeeded(
+            done = mark_succeeded(
                 session, job_id, _RESULT, now=seeded.base + timedelta(seconds=202)
             )
             assert done

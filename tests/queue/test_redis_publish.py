@@ -13,6 +13,12 @@ import uuid
 import pytest
 import redis
 from kombu import Producer
+from taskqueue.redis_publish import (
+    MESSAGES_PER_LPUSH,
+    MessageTemplate,
+    job_ids_in_broker,
+    supports,
+)
 
 from core.errors import BrokerUnavailable
 from core.jobspec import PRIORITY_LEVELS
@@ -29,12 +35,6 @@ from taskqueue.app import (
     publish_jobs,
     publish_with_celery,
     queue_name,
-)
-from taskqueue.redis_publish import (
-    MESSAGES_PER_LPUSH,
-    MessageTemplate,
-    job_ids_in_broker,
-    supports,
 )
 from tests.conftest import free_port
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
+from taskqueue.redis_publish import job_ids_in_broker
 
 from core.errors import UserError
 from core.settings import Settings
 from taskqueue.app import make_celery, publish_jobs, queue_name
-from taskqueue.redis_publish import job_ids_in_broker
 from taskqueue.versions import (
     CHECKED_VERSIONS,
     CheckedVersion,

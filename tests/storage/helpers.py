@@ -11,8 +11,37 @@ from sqlalchemy import Engine
 
 from core.jobspec import ParsedJob
 from storage.db import session_scope
+from storage.jobs import JobResult, Owner, mark_batch_succeeded
 from storage.submissions import create_submission, insert_jobs, job_id_for
 from tests.harness import parsed_jobs
+
+
+def mark_succeeded(
+    session: Any,
+    job_id: str,
+    result: JobResult,
+    *,
+    owner: Owner | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """running -> succeeded for one job: ``mark_batch_succeeded`` of one (the worker records a
+    delivery at a time; tests often finish one job)."""
+    return bool(mark_batch_succeeded(session, [(job_id, result)], owner=owner, now=now))
+
+
+def queued_ids(session: Any, *, limit: int) -> list[str]:
+    """The oldest queued jobs' ids, as a worker's broker would hand them over."""
+    from sqlalchemy import select
+
+    from storage.models import Job, JobStatus
+
+    statement = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED)
+        .order_by(Job.created_at, Job.position)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
 
 
 def new_jobs(count: int, *, start: int = 0, model: str = "test/tiny") -> list[ParsedJob]:
@@ -131,9 +160,7 @@ def work(url: str, expected: int, start: object, deadline_s: float = 60.0) -> in
     import time
 
     from storage.db import make_engine
-    from storage.jobs import JobResult, claim_jobs, mark_succeeded
-    from storage.models import JobStatus
-    from storage.queries import list_all_jobs
+    from storage.jobs import claim_jobs
 
     engine = make_engine(url)
     done = 0
@@ -142,9 +169,7 @@ def work(url: str, expected: int, start: object, deadline_s: float = 60.0) -> in
         start.wait()  # type: ignore[attr-defined]
         while done < expected and time.monotonic() < give_up:
             with session_scope(engine) as session:
-                queued = [
-                    job.id for job in list_all_jobs(session, status=JobStatus.QUEUED, limit=16)
-                ]
+                queued = queued_ids(session, limit=16)
                 claimed = claim_jobs(session, queued, worker="w", batch_id="b", batch_size=16)
             with session_scope(engine) as session:
                 for job_id in claimed:

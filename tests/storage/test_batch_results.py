@@ -13,9 +13,9 @@ from storage import jobs as job_store
 from storage.db import session_scope
 from storage.jobs import JobResult, Owner
 from storage.models import JobStatus
-from storage.queries import get_job
+from storage.queries import count_by_status, get_job
 
-from .helpers import add_submission
+from .helpers import add_submission, mark_succeeded
 
 OWNER = Owner(worker="gpu-0", batch_id="batch-1")
 OTHER = Owner(worker="gpu-1", batch_id="batch-2")
@@ -68,8 +68,10 @@ def test_a_batch_of_successes_is_one_statement_with_each_jobs_own_values(engine:
         )
 
     assert sorted(recorded) == sorted(job_ids)
-    assert len(updates) == 1
+    # One statement for the jobs, one for the counters of their one flow (storage.counters).
+    assert [statement.split()[1] for statement in updates] == ["jobs", "flows"]
     with session_scope(engine) as session:
+        assert count_by_status(session)[JobStatus.SUCCEEDED] == len(job_ids)
         for i, job_id in enumerate(job_ids):
             job = get_job(session, job_id)
             assert job is not None and job.status is JobStatus.SUCCEEDED
@@ -89,7 +91,7 @@ def test_the_guard_holds_per_row_and_only_held_jobs_are_reported(engine: Engine)
     claim(engine, [mine, finished], OWNER)
     claim(engine, [taken], OTHER)
     with session_scope(engine) as session:
-        assert job_store.mark_succeeded(session, finished, result_for(9), owner=OWNER)
+        assert mark_succeeded(session, finished, result_for(9), owner=OWNER)
 
     batch = [(job_id, result_for(i)) for i, job_id in enumerate(job_ids)]
     with session_scope(engine) as session:
@@ -117,4 +119,6 @@ def test_a_batch_larger_than_one_statement_is_recorded_whole(engine: Engine) -> 
             session, [(job_id, result_for(i % 200)) for i, job_id in enumerate(job_ids)],
             owner=OWNER,
         )
-    assert len(recorded) == count and len(updates) == 2
+    # Two statements for the jobs (500 per statement), one for the counters of their flow.
+    assert len(recorded) == count
+    assert [statement.split()[1] for statement in updates] == ["jobs", "jobs", "flows"]

@@ -69,7 +69,8 @@ def test_a_stored_job_that_no_longer_validates_is_refused_with_the_fix() -> None
 def test_a_job_record_has_every_column_by_its_name_with_times_as_text() -> None:
     job = stored(SPEC, status=JobStatus.SUCCEEDED, finished_at=CREATED)
     record = job_record(job)
-    assert tuple(record) == JOB_FIELDS == tuple(Job.__table__.c.keys())
+    assert tuple(record) == JOB_FIELDS == (*Job.__table__.c.keys(), "priority_name")
+    assert record["priority_name"] == "high"
     assert record["metadata"] == {"user": "ada"}  # the column's name, not the attribute's
     assert (record["status"], record["created_at"], record["finished_at"]) == (
         "succeeded",

@@ -61,11 +61,11 @@ def test_every_reader_sees_the_lines_metadata_on_every_image(engine):
             {"prompt": "b", "num_images": 2},
         ],
     )
-    records = list(list_jobs(engine, submission_id=submission, status=None, limit=None))
+    records = list(list_jobs(engine, submission_id=submission, stage=None, limit=None))
     assert [record["metadata"] for record in records] == [TAGS, TAGS, TAGS, {}, {}]
     with session_scope(engine) as session:
         # A page that starts inside the line, without its first image.
-        (second,) = find_jobs(session, submission, limit=1, offset=2)
+        (second,) = find_jobs(session, submission, limit=1, after=1)
         assert second.caller_metadata == TAGS
         assert get_job(session, job_id_for(submission, 1)).caller_metadata == TAGS
     # Reading filled nothing in for good: still stored once.

@@ -35,7 +35,12 @@ def test_migrations_build_exactly_the_schema_of_the_models(db_url: str) -> None:
         indexes = {index["name"] for index in inspect(engine).get_indexes("jobs")}
     finally:
         engine.dispose()
-    assert {"ix_jobs_status", "ix_jobs_submission_id_status", "ix_jobs_model_status"} <= indexes
+    assert {
+        "ix_jobs_submission_id_status_position",
+        "ix_jobs_backlog",
+        "ix_jobs_window",
+        "ix_jobs_running",
+    } <= indexes
 
 
 def test_a_models_change_without_a_migration_would_be_detected(db_url: str) -> None:
@@ -94,3 +99,56 @@ def test_an_unmigrated_database_says_to_run_db_upgrade(db_url: str) -> None:
         migrate.check_schema(db_url)
     migrate.upgrade(db_url)
     migrate.check_schema(db_url)  # at head now: no error
+
+
+def test_upgrading_from_0004_counts_every_job_in_its_flow_and_puts_queued_jobs_in_the_window(
+    db_url: str,
+) -> None:
+    """Jobs queued before revision 0005 all had a message: they become the window, and the flows
+    count every job as its row says."""
+    from sqlalchemy import text
+
+    migrate.upgrade(db_url, "0004")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO submissions (id, created_at, source, defaults, job_count) "
+                    "VALUES (:id, :at, 'old.txt', '{}', 3)"
+                ),
+                {"id": _SUBMISSION, "at": "2026-01-01 00:00:00"},
+            )
+            for position, status in enumerate(("queued", "running", "succeeded")):
+                connection.execute(
+                    text(
+                        "INSERT INTO jobs (id, submission_id, position, line_number, prompt, "
+                        "seed, height, width, steps, model, priority, metadata, status, "
+                        "attempts, created_at) VALUES (:id, :sid, :pos, :pos, 'p', 1, 64, 64, 4, "
+                        "'m/x', 5, '{}', :status, 0, '2026-01-01 00:00:00')"
+                    ),
+                    {"id": _job(position), "sid": _SUBMISSION, "pos": position, "status": status},
+                )
+        migrate.upgrade(db_url)
+        with session_scope(engine) as session:
+            counts = count_by_status(session)
+            from storage.window import window_size
+
+            in_window = window_size(session, "m/x")
+    finally:
+        engine.dispose()
+    assert counts == {
+        JobStatus.QUEUED: 1,
+        JobStatus.RUNNING: 1,
+        JobStatus.SUCCEEDED: 1,
+        JobStatus.FAILED: 0,
+        JobStatus.CANCELLED: 0,
+    }
+    assert in_window == 1
+
+
+_SUBMISSION = "11111111-1111-4111-8111-111111111111"
+
+
+def _job(position: int) -> str:
+    return f"22222222-2222-4222-8222-{position:012d}"

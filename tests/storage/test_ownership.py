@@ -15,7 +15,7 @@ from storage.jobs import Owner
 from storage.models import Job, JobStatus, utcnow
 from storage.queries import get_job
 
-from .helpers import add_submission
+from .helpers import add_submission, mark_succeeded
 
 RESULT = job_store.JobResult(
     image_uri="s3://bucket/outputs/sub/job.png",
@@ -38,7 +38,7 @@ WRITES = {
 def write(engine: Engine, job_id: str, operation: str, owner: Owner | None) -> bool:
     with session_scope(engine) as session:
         if operation == "succeed":
-            return job_store.mark_succeeded(session, job_id, RESULT, owner=owner)
+            return mark_succeeded(session, job_id, RESULT, owner=owner)
         if operation == "fail":
             return job_store.mark_failed(session, job_id, "boom", owner=owner)
         return job_store.release_for_retry(session, job_id, error="store down", owner=owner)
@@ -128,7 +128,7 @@ def test_a_job_released_and_claimed_again_is_out_of_its_first_owners_reach(
             heartbeat_before=utcnow() - timedelta(minutes=5),
             error="worker stopped",
         )
-        assert released == [job_id]
+        assert [released_id for released_id, _, _ in released] == [job_id]
         claimed = job_store.claim_jobs(
             session, [job_id], worker=NEW.worker, batch_id=NEW.batch_id, batch_size=1
         )
@@ -195,6 +195,6 @@ def test_release_abandoned_leaves_a_job_that_came_back_to_life(engine: Engine) -
         job = session.get(Job, stuck)
         assert job is not None and (job.worker, job.error) == (None, "worker stopped")
 
-    assert (first, second) == ([stuck], [])
+    assert ([job_id for job_id, _, _ in first], second) == ([stuck], [])
     assert snapshot(engine, stuck) == (JobStatus.QUEUED, None, None, 1)
     assert snapshot(engine, revived) == (JobStatus.RUNNING, "gpu-1", "batch-new", 2)

@@ -34,10 +34,21 @@ def raw_client(endpoint: str):  # noqa: ANN201 - a boto3 client, untyped
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
-def test_keys_are_deterministic_per_job_under_the_store_prefix(s3_store: S3Store) -> None:
-    key = s3_store.key_for("sub-1", "job-1")
-    assert key == "sub-1/job-1.png"
-    assert s3_store.uri_for(key) == f"s3://{s3_store.bucket}/outputs/sub-1/job-1.png"
+def test_keys_are_deterministic_per_job_under_the_store_prefix_led_by_a_hash(
+    s3_store: S3Store,
+) -> None:
+    # S3 rate-limits PUTs per key prefix: keys lead with the job id's first two hex digits.
+    job_id = "3f6b7e3c-7bb3-585a-b557-45d1b484609c"
+    key = s3_store.key_for("sub-1", job_id)
+    assert key == f"3f/sub-1/{job_id}.png"
+    assert s3_store.uri_for(key) == f"s3://{s3_store.bucket}/outputs/3f/sub-1/{job_id}.png"
+
+
+def test_keys_of_many_jobs_spread_over_many_leading_prefixes(s3_store: S3Store) -> None:
+    from storage.submissions import job_id_for
+
+    leads = {s3_store.key_for("sub", job_id_for("sub", n)).split("/")[0] for n in range(2000)}
+    assert len(leads) == 256  # every two-hex-digit lead is used
 
 
 def test_an_upload_is_a_private_png_carrying_job_id_seed_and_checksum(

@@ -12,7 +12,7 @@ from storage.db import session_scope
 from storage.models import utcnow
 from storage.stats import percentile, recent_stats
 
-from .helpers import add_submission
+from .helpers import add_submission, mark_succeeded
 
 
 def test_percentiles_interpolate_linearly_like_numpy() -> None:
@@ -23,7 +23,7 @@ def test_percentiles_interpolate_linearly_like_numpy() -> None:
     assert percentile([], 50) is None
 
 
-def test_recent_stats_report_throughput_latency_and_batch_size(engine: Engine) -> None:
+def test_recent_stats_report_latency_and_batch_size(engine: Engine) -> None:
     now = utcnow()
     created = now - timedelta(seconds=40)
     _, ids = add_submission(engine, 10, now=created)
@@ -39,13 +39,12 @@ def test_recent_stats_report_throughput_latency_and_batch_size(engine: Engine) -
             finished = start + timedelta(seconds=10)
             if i == 9:
                 finished = now - timedelta(minutes=10)  # outside the window: not counted
-            job_store.mark_succeeded(session, job_id, result, now=finished)
+            mark_succeeded(session, job_id, result, now=finished)
 
     with session_scope(engine) as session:
         stats = recent_stats(session, window_s=60, now=now)
 
     assert stats.succeeded == 9 and stats.sample_size == 9
-    assert stats.images_per_s == pytest.approx(9 / 60)
     assert stats.queue_wait_s.p50 == pytest.approx(4.0, abs=0.01)  # waits 0..8 s
     assert stats.queue_wait_s.p95 == pytest.approx(7.6, abs=0.01)
     assert stats.end_to_end_s.p50 == pytest.approx(14.0, abs=0.01)  # 10..18 s
@@ -56,5 +55,5 @@ def test_recent_stats_of_an_idle_queue_are_empty_not_errors(engine: Engine) -> N
     add_submission(engine, 3)
     with session_scope(engine) as session:
         stats = recent_stats(session, window_s=30)
-    assert (stats.succeeded, stats.images_per_s, stats.mean_batch_size) == (0, 0.0, None)
+    assert (stats.succeeded, stats.mean_batch_size) == (0, None)
     assert stats.queue_wait_s.p50 is None and stats.end_to_end_s.p95 is None

@@ -13,7 +13,7 @@ from storage import workers as registry
 from storage.db import session_scope
 from storage.models import utcnow
 
-from .helpers import add_submission
+from .helpers import add_submission, mark_succeeded
 
 
 def announce(engine: Engine, model: str) -> None:
@@ -43,10 +43,34 @@ def test_the_eta_divides_the_open_jobs_by_the_rate_of_the_last_minute(engine: En
             now=now - timedelta(minutes=2),
         )  # fmt: skip
         result = job_store.JobResult("s3://b/k.png", 1, "0" * 64, 1.0, 0.1, 0.25)
-        for job_id in ids[:6]:  # 6 finished within the last minute: 0.1 images/s
-            job_store.mark_succeeded(session, job_id, result, now=now - timedelta(seconds=30))
+        for job_id in ids[:6]:  # 6 finished 30 s ago, after 90 s in hand: 30 s of the minute
+            mark_succeeded(session, job_id, result, now=now - timedelta(seconds=30))
     status = submission_status(engine, submission_id)
     assert status is not None and not status.finished
-    assert status.images_per_s == pytest.approx(6 / 60, rel=0.05)
-    assert status.eta_s == pytest.approx(4 / (6 / 60), rel=0.05)
+    assert status.images_per_s == pytest.approx(6 / 30, rel=0.05)
+    assert status.eta_s == pytest.approx(4 / (6 / 30), rel=0.05)
     assert "ETA" in (status.waiting_note() or "")
+
+
+def test_cancelled_jobs_are_not_throughput(engine: Engine) -> None:
+    """Observed: right after `cancel`, the rate jumped from 0.27 to 1.90 images/s and the ETA
+    from 10m30s to 0m21s, with 40 jobs still rendering."""
+    now = utcnow()
+    submission_id, ids = add_submission(engine, 60, model="org/m", now=now - timedelta(minutes=5))
+    announce(engine, "org/m")
+    with session_scope(engine) as session:
+        job_store.claim_jobs(
+            session, ids[:10], worker="w1", batch_id="b", batch_size=10,
+            now=now - timedelta(seconds=60),
+        )  # fmt: skip
+        result = job_store.JobResult("s3://b/k.png", 1, "0" * 64, 1.0, 0.1, 0.25)
+        for job_id in ids[:5]:
+            mark_succeeded(session, job_id, result, now=now - timedelta(seconds=10))
+    before = submission_status(engine, submission_id)
+    with session_scope(engine) as session:
+        job_store.cancel_queued(session, job_ids=ids[10:])  # 50 queued jobs cancelled
+    after = submission_status(engine, submission_id)
+    assert before is not None and after is not None
+    assert after.images_per_s == pytest.approx(before.images_per_s)  # 5 images in 60 s of work
+    assert after.counts["cancelled"] == 50 and after.counts["claimed"] == 5
+    assert after.eta_s == pytest.approx(5 / after.images_per_s)  # the 5 still in hand

@@ -13,24 +13,17 @@ from core.jobspec import MAX_SEED, PRIORITY_LEVELS, JobSpec, ParsedJob
 from storage import jobs as job_store
 from storage.bulk import insert_job_rows
 from storage.db import session_scope
+from storage.gallery import JobFilter, find_jobs
 from storage.models import JobStatus, utcnow
-from storage.queries import (
-    count_by_status,
-    find_stuck_running,
-    get_job,
-    iter_submission_jobs,
-    list_all_jobs,
-)
+from storage.queries import count_by_status, find_stuck_running, get_job
 from storage.submissions import (
     JOB_COLUMNS,
     create_submission,
     get_submission,
     insert_jobs,
     job_id_for,
-    job_ids_of,
     job_row,
     mark_submission_finished,
-    mark_webhook_sent,
     spec_of,
 )
 
@@ -111,7 +104,8 @@ def test_resuming_an_insert_skips_the_positions_already_stored(engine: Engine) -
     with session_scope(engine) as session:
         inserted = insert_jobs(session, ref.id, iter(new_jobs(100)))  # a generator is fine
         assert inserted == 40
-        assert job_ids_of(session, ref.id) == [job_id_for(ref.id, p) for p in range(100)]
+        stored = [job.id for job in find_jobs(session, ref.id, limit=1000)]
+        assert stored == [job_id_for(ref.id, p) for p in range(100)]
         assert count_by_status(session, submission_id=ref.id)[JobStatus.QUEUED] == 100
 
 
@@ -157,26 +151,55 @@ def test_status_counts_cover_every_status_overall_and_per_submission(engine: Eng
     assert open_work == {JobStatus.QUEUED: 4, JobStatus.RUNNING: 2}
 
 
-def test_pages_of_a_submission_hold_every_job_once_in_position_order(engine: Engine) -> None:
+def test_keyset_pages_of_a_submission_hold_every_job_once_in_position_order(
+    engine: Engine,
+) -> None:
     submission_id, ids = add_submission(engine, 50)
     add_submission(engine, 5)  # another submission's jobs must not leak in
-    with session_scope(engine) as session:
-        pages = list(iter_submission_jobs(session, submission_id, page_size=7))
+    pages, after = [], -1
+    while True:
+        with session_scope(engine) as session:
+            page = find_jobs(session, submission_id, limit=7, after=after)
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1].position
     assert [len(page) for page in pages] == [7] * 7 + [1]
     assert [job.id for page in pages for job in page] == ids
+    with session_scope(engine) as session:
+        previous = find_jobs(session, submission_id, limit=7, before=14)
+    assert [job.position for job in previous] == list(range(7, 14))
 
 
-def test_all_jobs_are_listed_oldest_first_by_status_and_up_to_a_limit(engine: Engine) -> None:
+def test_all_jobs_are_listed_oldest_submission_first_by_stage_and_up_to_a_limit(
+    engine: Engine,
+) -> None:
+    from status.queries import list_jobs
+
     now = utcnow()
     _, newer = add_submission(engine, 3, now=now)
     _, older = add_submission(engine, 3, now=now - timedelta(hours=1))
     with session_scope(engine) as session:
         job_store.cancel_queued(session, job_ids=[older[1]])
-    with session_scope(engine) as session:
-        everything = [job.id for job in list_all_jobs(session)]
-        queued = [job.id for job in list_all_jobs(session, status=JobStatus.QUEUED, limit=4)]
+        job_store.claim_jobs(session, [newer[2]], worker="w", batch_id="b", batch_size=1)
+    everything = [
+        job["id"] for job in list_jobs(engine, submission_id=None, stage=None, limit=None)
+    ]
+    queued = [job["id"] for job in list_jobs(engine, submission_id=None, stage="queued", limit=3)]
+    claimed = list(list_jobs(engine, submission_id=None, stage="running", limit=None))
     assert everything == older + newer
-    assert queued == [older[0], older[2], newer[0], newer[1]]
+    assert queued == [older[0], older[2], newer[0]]
+    assert [(job["id"], job["status"]) for job in claimed] == [(newer[2], "claimed")]
+    with session_scope(engine) as session:
+        failed_only = find_jobs(session, older[0] and _submission_of(session, older[0]),
+                                JobFilter(stages=("cancelled",)), limit=10)  # fmt: skip
+    assert [job.id for job in failed_only] == [older[1]]
+
+
+def _submission_of(session, job_id: str) -> str:
+    job = get_job(session, job_id)
+    assert job is not None
+    return job.submission_id
 
 
 def test_stuck_running_jobs_are_found_by_heartbeat_age(engine: Engine) -> None:
@@ -195,7 +218,7 @@ def test_stuck_running_jobs_are_found_by_heartbeat_age(engine: Engine) -> None:
     assert sorted(job.id for job in stuck) == sorted(old_ids[:2])
 
 
-def test_a_submission_finishes_once_no_job_is_open_and_its_webhook_is_sent_once(
+def test_a_submission_finishes_once_no_job_is_open(
     engine: Engine,
 ) -> None:
     submission_id, ids = add_submission(engine, 2)
@@ -203,13 +226,10 @@ def test_a_submission_finishes_once_no_job_is_open_and_its_webhook_is_sent_once(
         job_store.claim_jobs(session, ids, worker="w", batch_id="b", batch_size=2)
         job_store.mark_failed(session, ids[0], "boom")
         assert mark_submission_finished(session, submission_id) is False  # ids[1] still running
-        assert mark_webhook_sent(session, submission_id) is False  # not finished yet
         job_store.mark_failed(session, ids[1], "boom")
         assert mark_submission_finished(session, submission_id) is True
         assert mark_submission_finished(session, submission_id) is False
     with session_scope(engine) as session:
-        assert mark_webhook_sent(session, submission_id) is True
-        assert mark_webhook_sent(session, submission_id) is False
         submission = get_submission(session, submission_id)
         assert submission is not None
-        assert submission.finished_at is not None and submission.webhook_sent_at is not None
+        assert submission.finished_at is not None

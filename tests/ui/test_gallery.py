@@ -28,6 +28,7 @@ from storage.gallery import (
 )
 from storage.models import JobStatus, utcnow
 from storage.submissions import create_submission, insert_jobs, job_id_for
+from tests.storage.helpers import mark_succeeded
 
 PROMPTS = {
     0: "A Poster: 50% OFF today",
@@ -90,7 +91,7 @@ def finish(engine, submission_id: str, positions: range, *, fail: set[int] = fro
                 upload_s=0.01,
                 gpu_share_s=0.1,
             )
-            transitions.mark_succeeded(session, job_id, result)
+            mark_succeeded(session, job_id, result)
 
 
 def positions(engine, submission_id: str, wanted: JobFilter) -> list[int]:

@@ -1,19 +1,28 @@
-"""Publishing job messages straight into kombu's Redis lists, a thousand per round trip.
+"""What this project knows of kombu's Redis lists: publishing into them in bulk, reading which
+jobs wait in them, and taking messages back out.
 
-Celery's ``apply_async`` costs about 0.8 ms of CPU per message (some 700 Python calls) plus one
-Redis round trip; it was 88% of a 100,000-job submission. Yet every ``loopfree.generate`` message
-for one queue and priority is the same text apart from the job id and kombu's delivery tag. So:
+Publishing: Celery's ``apply_async`` costs about 0.8 ms of CPU per message (some 700 Python calls)
+plus one Redis round trip; it was 88% of a 100,000-job submission. Yet every ``loopfree.generate``
+message for one queue and priority is the same text apart from the job id and kombu's delivery tag.
+So:
 
 1. Celery and kombu write one message, for a placeholder job id, through the very ``apply_async``
    call ``publish_jobs`` makes, into kombu's in-memory transport: that message is the template;
 2. each job's message is the template with the job's id (and a fresh delivery tag) filled in;
 3. one ``LPUSH`` per list carries up to ``MESSAGES_PER_LPUSH`` messages, several per pipeline.
 
+Reading and taking back: a model's lists hold only its window of jobs (``fleet.dispatch``), a few
+thousand messages at most, so the reconciler may read them whole to see which window jobs still
+have a message (``waiting_job_ids``), and a cancel may remove its jobs' messages
+(``take_back``). Nothing here reads kombu's bookkeeping of delivered messages (its ``unacked``
+hash): a message a worker holds is vouched for by the worker itself (``jobs.dispatched_at``).
+
 What this relies on from kombu's Redis transport: a message is the JSON of the dict its virtual
-channel builds (base64 body), stored with ``LPUSH`` in the queue's list for the priority step
-(``<queue>:<step>``, or ``<queue>`` for step 0), and consumed with ``BRPOP``. Messages go to the
-default exchange, so no binding table is consulted. ``tests/queue/test_redis_publish.py`` checks
-the messages and lists against ones kombu itself wrote, and a real worker consumes them.
+channel builds (base64 body, the job id as ``headers.id``), stored with ``LPUSH`` in the queue's
+list for the priority step (``<queue><sep><step>``, or ``<queue>`` for step 0), and consumed with
+``BRPOP``. Messages go to the default exchange, so no binding table is consulted.
+``tests/queue/test_redis_publish.py`` checks the messages and lists against ones kombu itself
+wrote, and a real worker consumes them.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kombu.utils.json import dumps
+
+from taskqueue.redis_client import redis_client
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -146,7 +157,7 @@ def publish(app: Celery, jobs: Iterable[tuple[str, str, int]]) -> int:
         lists.setdefault(key, []).append((template, job_id))
 
     accepted = pending = 0
-    client = _client(app)
+    client = redis_client(app)
     try:
         pipe = client.pipeline(transaction=False)
         for key, messages in lists.items():
@@ -164,139 +175,69 @@ def publish(app: Celery, jobs: Iterable[tuple[str, str, int]]) -> int:
             accepted, pending = accepted + pending, 0
     except redis.RedisError as error:
         raise PublishInterrupted(accepted, error) from error
-    finally:
-        client.close()
     return accepted
 
 
-def job_ids_in_broker(app: Celery, queue_names: Iterable[str]) -> set[str]:
-    """Ids of the jobs that have a message in Redis: waiting in one of ``queue_names``' lists, or
-    delivered to a worker and not acknowledged yet (kombu restores those to their queue if the
-    worker dies). The reconciler publishes only queued jobs that are in neither.
-
-    Workers pop and producers push while the lists are read, so a message can be missed; its job
-    then gets a second message, which is harmless (only one delivery can claim it)."""
+def queue_lists(app: Celery, queue_name: str) -> list[str]:
+    """The Redis lists that hold ``queue_name``'s messages, one per priority step."""
     options = app.conf.broker_transport_options
     steps, sep = list(options["priority_steps"]), options["sep"]
-    unacked_key = options.get("unacked_key", "unacked")
-    ids: set[str] = set()
-    client = _client(app)
-    try:
-        for queue in queue_names:
-            for key in dict.fromkeys(redis_list(queue, step, steps, sep) for step in steps):
-                for start in range(0, client.llen(key), 10_000):
-                    for raw in client.lrange(key, start, start + 9_999):
-                        ids.add(_job_id(json.loads(raw)))
-        for _tag, raw in client.hscan_iter(unacked_key, count=10_000):
-            message, _exchange, _routing_key = json.loads(raw)
-            ids.add(_job_id(message))
-    finally:
-        client.close()
-    ids.discard("")
-    return ids
+    return list(dict.fromkeys(redis_list(queue_name, step, steps, sep) for step in steps))
 
 
-@dataclass(frozen=True)
-class BrokerView:
-    """What Redis holds for the reconciler: ids with a message waiting in a queue, and the
-    delivered-but-unacknowledged messages per job id as ``(delivery tag, delivered at)``."""
-
-    waiting: set[str]
-    unacked: dict[str, list[tuple[str, float]]]
-
-    def has_live_message(self, job_id: str, *, delivered_after: float) -> bool:
-        """Whether ``job_id`` has a message that can still reach a worker: one waiting, or one
-        delivered after ``delivered_after`` (its worker may still be working through it).
-
-        An older unacknowledged message counts as lost: kombu returns it to the queue only after
-        the visibility timeout (an hour), and the reconciler cannot tell a dead worker's entry
-        from a slow live one's. Publishing again is safe either way (claims are guarded)."""
-        if job_id in self.waiting:
-            return True
-        return any(at > delivered_after for _tag, at in self.unacked.get(job_id, ()))
-
-    def stale_tags(self, job_ids: Iterable[str], *, delivered_before: float) -> list[str]:
-        """Delivery tags of the unacknowledged messages of ``job_ids`` delivered before then."""
-        return [
-            tag
-            for job_id in job_ids
-            for tag, at in self.unacked.get(job_id, ())
-            if at <= delivered_before
-        ]
-
-
-def read_broker(app: Celery, queue_names: Iterable[str]) -> BrokerView:
-    """The messages of ``queue_names`` waiting in Redis, and every unacknowledged one with the
-    time kombu delivered it (its ``unacked_index`` score). Entries that are not ours (not JSON,
-    no job id) are skipped: the worker's dead-letter path deals with those."""
-    options = app.conf.broker_transport_options
-    steps, sep = list(options["priority_steps"]), options["sep"]
-    unacked_key = options.get("unacked_key", "unacked")
-    index_key = options.get("unacked_index_key", "unacked_index")
+def waiting_job_ids(app: Celery, queue_name: str) -> set[str]:
+    """Ids of the jobs whose messages wait in ``queue_name``'s lists (not yet popped by a
+    worker). Workers pop while the lists are read, so one may be missed: the reconciler then
+    publishes its job again, which is harmless (only one delivery can claim it)."""
+    client = redis_client(app)
     waiting: set[str] = set()
-    unacked: dict[str, list[tuple[str, float]]] = {}
-    client = _client(app)
-    try:
-        for queue in queue_names:
-            for key in dict.fromkeys(redis_list(queue, step, steps, sep) for step in steps):
-                for start in range(0, client.llen(key), 10_000):
-                    for raw in client.lrange(key, start, start + 9_999):
-                        waiting.add(_safe_job_id(raw, envelope=False))
-        delivered = {
-            tag.decode() if isinstance(tag, bytes) else tag: at
-            for tag, at in client.zrange(index_key, 0, -1, withscores=True)
-        }
-        for tag, raw in client.hscan_iter(unacked_key, count=10_000):
-            tag = tag.decode() if isinstance(tag, bytes) else tag
-            job_id = _safe_job_id(raw, envelope=True)
-            if job_id:
-                # No index entry: kombu writes both in one pipeline, so treat it as just delivered.
-                unacked.setdefault(job_id, []).append((tag, delivered.get(tag, float("inf"))))
-    finally:
-        client.close()
+    for key in queue_lists(app, queue_name):
+        for start in range(0, client.llen(key), _READ_CHUNK):
+            for raw in client.lrange(key, start, start + _READ_CHUNK - 1):
+                waiting.add(_safe_job_id(raw))
     waiting.discard("")
-    return BrokerView(waiting, unacked)
+    return waiting
 
 
-def forget_unacked(app: Celery, tags: Iterable[str]) -> int:
-    """Drop unacknowledged entries whose jobs were published again, so kombu does not restore a
-    second copy after the visibility timeout (harmless, but it would keep the broker from
-    draining). A live worker acking a forgotten entry later deletes nothing, which kombu allows."""
-    options = app.conf.broker_transport_options
-    unacked_key = options.get("unacked_key", "unacked")
-    index_key = options.get("unacked_index_key", "unacked_index")
-    tags = list(tags)
-    if not tags:
+def waiting_count(app: Celery, queue_name: str) -> int:
+    """Messages waiting in ``queue_name``'s lists (one LLEN per priority step)."""
+    client = redis_client(app)
+    return sum(int(client.llen(key)) for key in queue_lists(app, queue_name))
+
+
+def take_back(app: Celery, queue_name: str, job_ids: Iterable[str]) -> int:
+    """Remove the waiting messages of ``job_ids`` from ``queue_name``'s lists (a cancel frees the
+    broker at once instead of leaving workers to pop and skip them); returns how many. A message a
+    worker popped meanwhile is simply not found."""
+    wanted = set(job_ids)
+    if not wanted:
         return 0
-    client = _client(app)
-    try:
+    client = redis_client(app)
+    removed = 0
+    for key in queue_lists(app, queue_name):
+        doomed = [
+            raw
+            for start in range(0, client.llen(key), _READ_CHUNK)
+            for raw in client.lrange(key, start, start + _READ_CHUNK - 1)
+            if _safe_job_id(raw) in wanted
+        ]
         pipe = client.pipeline(transaction=False)
-        for start in range(0, len(tags), 1_000):
-            chunk = tags[start : start + 1_000]
-            pipe.hdel(unacked_key, *chunk)
-            pipe.zrem(index_key, *chunk)
-        results = pipe.execute()
-    finally:
-        client.close()
-    return int(sum(results[0::2]))
+        for raw in doomed:
+            pipe.lrem(key, 1, raw)
+        removed += sum(int(n) for n in pipe.execute()) if doomed else 0
+    return removed
 
 
-def _safe_job_id(raw: bytes | str, *, envelope: bool) -> str:
+_READ_CHUNK = 10_000
+"""Messages per LRANGE when a list is read."""
+
+
+def _safe_job_id(raw: bytes | str) -> str:
+    """The job id of a stored message; "" for an entry that is not ours (the worker's
+    dead-letter path deals with those)."""
     try:
         message = json.loads(raw)
-        if envelope:
-            message = message[0]
-        return _job_id(message) if isinstance(message, dict) else ""
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        headers = message.get("headers") if isinstance(message, dict) else None
+        return str(headers.get("id") or "") if isinstance(headers, dict) else ""
+    except (ValueError, TypeError, AttributeError):
         return ""
-
-
-def _client(app: Celery):
-    import redis
-
-    return redis.Redis.from_url(app.conf.broker_url, socket_connect_timeout=5)
-
-
-def _job_id(message: dict) -> str:
-    headers = message.get("headers") or {}
-    return str(headers.get("id") or "")
