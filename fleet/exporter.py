@@ -15,7 +15,9 @@ change no decision, are read again every ``FULL_REFRESH_S``.
 
 What is exported (all gauges):
 
-* ``loopfree_jobs{model,status}``: jobs by status per model, every status present (0 when none).
+* ``loopfree_jobs{model,status}``: jobs by stage per model, every stage present (0 when none):
+  ``queued``, ``claimed``, ``rendering``, ``succeeded``, ``failed``, ``cancelled``, the words of
+  ``storage.progress`` that ``status`` and the web view use.
 * ``loopfree_pending_jobs{model}``: queued + running jobs, the scaling signal (see docs/fleet.md).
   Every model with a job in the database gets a series, 0 when idle, so KEDA reads 0, not "no data".
 * ``loopfree_queue_depth{queue}``: messages waiting in each model's broker queue; with the broker
@@ -64,12 +66,14 @@ from storage.fleet_reads import (
     count_open_jobs,
     oldest_queued_by_model,
     recent_batches,
+    rendering_by_model,
 )
 
 # ``loopfree scale`` reads one model through these; re-exported so it needs one import.
 from storage.fleet_reads import count_pending as count_pending
 from storage.fleet_reads import oldest_queued_at as oldest_queued_at
 from storage.models import JobStatus, utcnow
+from storage.progress import STAGES
 from taskqueue.app import queue_depths
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,7 @@ class FleetSnapshot:
     recommended_workers: dict[str, int] = field(default_factory=dict)
     broker_up: bool | None = None  # None: no broker was asked
     queue_depths: dict[str, int] = field(default_factory=dict)
+    rendering: dict[str, int] = field(default_factory=dict)  # of the running jobs, per model
 
     @property
     def pending(self) -> dict[str, int]:
@@ -161,6 +166,7 @@ def collect_fleet_metrics(
     jobs: dict[str, dict[JobStatus, int]] = {}
     throughput: dict[str, Throughput] = {}
     oldest: dict[str, datetime] = {}
+    rendering: dict[str, int] = {}
     full = reuse is None or not reuse.database_up
     try:
         with session_scope(engine) as session:
@@ -177,10 +183,11 @@ def collect_fleet_metrics(
                 else:
                     throughput[model] = measure_throughput(session, model, now=now)
             oldest = oldest_queued_by_model(session)
+            rendering = rendering_by_model(session)
         database_up = True
     except LoopfreeError as error:  # DatabaseUnavailable, SchemaMissing, DatabaseMisconfigured
         log.warning("cannot read the database: %s", error)
-        jobs, throughput, oldest, database_up = {}, {}, {}, False
+        jobs, throughput, oldest, rendering, database_up = {}, {}, {}, {}, False
 
     read_at = now or utcnow()
     ages = {model: age_s(oldest.get(model), read_at) for model in jobs}
@@ -210,6 +217,7 @@ def collect_fleet_metrics(
         recommended_workers=recommended,
         broker_up=broker_up,
         queue_depths=depths,
+        rendering=rendering,
     )
 
 
@@ -259,7 +267,11 @@ def metric_families(snapshot: FleetSnapshot) -> list[Metric]:
     if not snapshot.database_up:
         return families
 
-    jobs = GaugeMetricFamily("loopfree_jobs", "Jobs by status", labels=["model", "status"])
+    jobs = GaugeMetricFamily(
+        "loopfree_jobs",
+        "Jobs by stage: queued, claimed, rendering, succeeded, failed, cancelled",
+        labels=["model", "status"],
+    )
     pending = GaugeMetricFamily(
         "loopfree_pending_jobs", "Queued + running jobs: the scaling signal", labels=["model"]
     )
@@ -283,8 +295,8 @@ def metric_families(snapshot: FleetSnapshot) -> list[Metric]:
     )
     pending_by_model = snapshot.pending
     for model in sorted(snapshot.jobs):
-        for status in JobStatus:
-            jobs.add_metric([model, status.value], snapshot.jobs[model][status])
+        for stage, count in stage_counts(snapshot, model).items():
+            jobs.add_metric([model, stage], count)
         pending.add_metric([model], pending_by_model[model])
         measured = snapshot.throughput.get(model)
         workers.add_metric([model], measured.workers if measured else 0)
@@ -295,6 +307,18 @@ def metric_families(snapshot: FleetSnapshot) -> list[Metric]:
             recommended.add_metric([model], snapshot.recommended_workers[model])
     families += [jobs, pending, rate, workers, oldest, recommended]
     return families
+
+
+def stage_counts(snapshot: FleetSnapshot, model: str) -> dict[str, int]:
+    """A model's jobs by stage (``storage.progress.STAGES``): its running jobs split into those in
+    a sampler call (rendering) and those only claimed."""
+    counts = snapshot.jobs[model]
+    running = counts[JobStatus.RUNNING]
+    rendering = min(snapshot.rendering.get(model, 0), running)
+    by_stage = {status.value: count for status, count in counts.items()}
+    del by_stage[JobStatus.RUNNING.value]
+    by_stage |= {"claimed": running - rendering, "rendering": rendering}
+    return {stage: by_stage[stage] for stage in STAGES}
 
 
 def _gauge(name: str, documentation: str, value: float | bool) -> GaugeMetricFamily:

@@ -42,7 +42,11 @@ if TYPE_CHECKING:
     from storage.db import Engine
 
 CHUNK_JOBS = 10_000
-"""Jobs per insert transaction: a second or so of database time, a few MB of Python objects."""
+"""Jobs per insert transaction at most: a second or so of database time."""
+
+CHUNK_BYTES = 8 * 1024 * 1024
+"""Prompt and metadata bytes per insert transaction at most: a chunk of long prompts is fewer
+jobs, so what a submit holds in memory is bounded whatever its lines look like."""
 
 
 class OptionsDiffer(UserError):
@@ -122,8 +126,8 @@ def submit_file(
     path: Path,
     defaults: JobDefaults,
     *,
-    engine: Engine,
-    app: Celery,
+    engine: Engine | None = None,
+    app: Celery | None = None,
     skip_invalid: bool = False,
     key: str | None = None,
     new: bool = False,
@@ -136,11 +140,19 @@ def submit_file(
     """Validate, record and (if small) publish ``path``; raises before touching anything when a
     line, a model or an option is wrong (see the module's docstring).
 
-    ``engine`` and ``app``: the process's database engine and Celery app (built once where the
-    process starts). ``new``: make a new submission even if this file was submitted before with
+    ``engine`` and ``app``: the process's database engine and Celery app, built once where the
+    process starts (the CLI's ``loopfree.resources``); without them, ones of this call's own are
+    made and closed. ``new``: make a new submission even if this file was submitted before with
     the same options. ``check`` sees the plan before anything is written and may refuse it by
     raising (``--require-worker``, the hub check). ``webhook_url`` must pass
     ``core.webhooks.check_webhook_url``."""
+    if engine is None or app is None:
+        with _own_resources(settings) as (own_engine, own_app):
+            return submit_file(
+                settings, path, defaults, engine=engine or own_engine, app=app or own_app,
+                skip_invalid=skip_invalid, key=key, new=new, webhook_url=webhook_url,
+                owner=owner, format=format, check=check, progress=progress,
+            )  # fmt: skip
     from core.webhooks import check_webhook_url
     from producer.options import check_submission_options
     from storage.db import session_scope
@@ -224,13 +236,14 @@ def _store_jobs(
 
     resolve = _Resolver()
     chunk: list[ParsedJob] = []
+    chunk_bytes = 0
     straight_out: list[tuple[str, str, int]] = []
     inserted = 0
 
     with _progress_bar(progress, total, path.name) as advance:
 
         def flush() -> None:
-            nonlocal inserted
+            nonlocal inserted, chunk_bytes
             with session_scope(engine) as session:
                 inserted += insert_jobs(
                     session,
@@ -241,14 +254,19 @@ def _store_jobs(
                 )
             advance(len(chunk))
             chunk.clear()
+            chunk_bytes = 0
 
         def take(job: ParsedJob) -> None:
+            nonlocal chunk_bytes
             stored = resolve.stored(job)
             chunk.append(stored)
+            chunk_bytes += len(stored.spec.prompt) + (
+                len(json.dumps(stored.spec.metadata)) if stored.spec.metadata else 0
+            )
             if stored.position < dispatch_below:
                 job_id = job_id_for(submission_id, stored.position)
                 straight_out.append((job_id, stored.spec.model, stored.spec.priority))
-            if len(chunk) >= CHUNK_JOBS:
+            if len(chunk) >= CHUNK_JOBS or chunk_bytes >= CHUNK_BYTES:
                 flush()
 
         parse_prompt_file(
@@ -377,6 +395,20 @@ def _defaults_record(defaults: JobDefaults) -> dict[str, Any]:
         record["image_format"] = defaults.image_format
         record["image_quality"] = defaults.image_quality
     return record
+
+
+@contextmanager
+def _own_resources(settings: Settings) -> Iterator[tuple[Engine, Celery]]:
+    """An engine and a Celery app for one call, closed after it."""
+    from storage.db import make_engine
+    from taskqueue.app import make_celery
+
+    engine, app = make_engine(settings.resolved_database_url), make_celery(settings)
+    try:
+        yield engine, app
+    finally:
+        app.close()
+        engine.dispose()
 
 
 @contextmanager

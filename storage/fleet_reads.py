@@ -66,6 +66,16 @@ def count_open_jobs(session: Session) -> dict[str, dict[JobStatus, int]]:
     }
 
 
+def rendering_by_model(session: Session) -> dict[str, int]:
+    """Running jobs in a sampler call now, per model (of the running jobs: the work in hand)."""
+    statement = (
+        select(Job.model, func.count())
+        .where(text("jobs.status = 'running'"), Job.rendering_at.is_not(None))
+        .group_by(Job.model)
+    )
+    return {model: int(count) for model, count in session.execute(statement)}
+
+
 def count_pending(session: Session, model: str) -> int:
     """Queued + running jobs of one model: a sum over its open flows."""
     statement = select(func.sum(Flow.queued + Flow.running)).where(Flow.model == model, _FLOW_OPEN)

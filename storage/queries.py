@@ -5,7 +5,7 @@ Listings page by key and live in ``storage.gallery``; counts come from the flows
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select, text
@@ -14,6 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.jobs import WORKER_STOPPED
 from storage.models import Flow, Job, JobStatus
+
 
 def get_job(session: Session, job_id: str) -> Job | None:
     job = session.get(Job, job_id)

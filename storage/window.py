@@ -7,9 +7,10 @@ in fair order; the reconciler (``fleet.reconcile``) finds window jobs whose mess
 
 Every query here reads through one of the partial indexes ``ix_jobs_backlog``, ``ix_jobs_window``
 (jobs) or ``ix_flows_backlog``, ``ix_flows_open`` (flows), so its cost follows the window and the
-flows in flight, never the backlog's size. Partial indexes are only used when the query spells
-their predicate: the predicates below are literal SQL for that reason (a bound parameter for
-``status`` would hide it from PostgreSQL's generic plans and from SQLite's planner).
+flows in flight, never the backlog's size. A partial index serves only queries that imply its
+predicate, so the predicates below are literal SQL: a bound parameter for ``status`` would hide
+the predicate from PostgreSQL's generic plans (psycopg prepares a statement it has run five
+times, and the server may then plan it once for any value).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ IN_BACKLOG = text("jobs.status = 'queued' AND jobs.dispatched_at IS NULL")
 IN_WINDOW = text("jobs.status = 'queued' AND jobs.dispatched_at IS NOT NULL")
 FLOW_HAS_BACKLOG = text("flows.backlog > 0")
 FLOW_IS_OPEN = text("(flows.queued > 0 OR flows.running > 0)")
+
+
+_IDS_PER_STATEMENT = 1_000
+"""Job ids per ``IN (...)``: well under SQLite's bound-parameter limit."""
 
 
 @dataclass(frozen=True)
@@ -100,27 +105,33 @@ def take_from_backlog(
     A flow that turns out to have none left has its backlog hint set to zero."""
     submission_id, model, priority = key
     now = now or utcnow()
-    chosen = (
-        select(Job.id)
-        .where(
-            Job.submission_id == submission_id,
-            Job.model == model,
-            Job.priority == priority,
-            IN_BACKLOG,
+    # Chosen first, then updated by id: a locking subquery inside the UPDATE would be scanned
+    # again by PostgreSQL for every row and, skipping the rows it had just updated, take the
+    # whole backlog.
+    chosen = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.submission_id == submission_id,
+                Job.model == model,
+                Job.priority == priority,
+                IN_BACKLOG,
+            )
+            .order_by(Job.position)
+            .limit(count)
+            .with_for_update(skip_locked=True)
         )
-        .order_by(Job.position)
-        .limit(count)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
-    statement = (
-        update(Job)
-        .where(Job.id.in_(chosen), IN_BACKLOG)
-        .values(dispatched_at=now)
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    )
-    taken = list(session.scalars(statement))
+    taken: list[str] = []
+    for start in range(0, len(chosen), _IDS_PER_STATEMENT):
+        statement = (
+            update(Job)
+            .where(Job.id.in_(chosen[start : start + _IDS_PER_STATEMENT]), IN_BACKLOG)
+            .values(dispatched_at=now)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        taken += session.scalars(statement)
     note_moves(session, [key] * len(taken), source=None, target=None, backlog=-1)
     if len(taken) < count and not _has_backlog(session, key):
         note_exhausted(session, key)

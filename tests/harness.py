@@ -173,11 +173,12 @@ def parsed_jobs(
     prompt: str = "a watercolour fox, variation {position}",
     seed_step: int = 1,
     metadata: Callable[[int], Mapping[str, Any]] | None = None,
+    priority: int | None = None,
 ) -> list[ParsedJob]:
     """Jobs at positions ``start`` to ``start + count - 1`` of a submission, as the producer's
     parser makes them: ``prompt`` formatted with the position, seed ``position * seed_step``,
     ``metadata(position)`` (none by default). One builder, so a new job field changes one place."""
-    from core.jobspec import JobSpec, ParsedJob
+    from core.jobspec import DEFAULT_PRIORITY, JobSpec, ParsedJob
 
     return [
         ParsedJob(
@@ -189,6 +190,7 @@ def parsed_jobs(
                 steps=4,
                 model=model,
                 metadata=metadata(position) if metadata else {},
+                priority=DEFAULT_PRIORITY if priority is None else priority,
             ),
             line_number=position + 1,
             position=position,

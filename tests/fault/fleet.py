@@ -92,6 +92,12 @@ class Fleet:
         return make_engine(self.settings.resolved_database_url)
 
     @cached_property
+    def app(self):
+        from taskqueue.app import make_celery
+
+        return make_celery(self.settings)
+
+    @cached_property
     def store(self):
         return open_store(
             self.settings.resolved_storage_url,
@@ -130,7 +136,15 @@ class Fleet:
         path = self.folder / f"prompts-{uuid.uuid4().hex[:8]}.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in prompt_rows), encoding="utf-8")
         defaults = JobDefaults(model=self.settings.model)
-        report = submit_file(self.settings, path, defaults, key=str(uuid.uuid4()), **options)
+        report = submit_file(
+            self.settings,
+            path,
+            defaults,
+            engine=self.engine,
+            app=self.app,
+            key=str(uuid.uuid4()),
+            **options,
+        )
         self.submissions.append(report.submission_id)
         return report
 
@@ -204,7 +218,8 @@ class Fleet:
         lost = self.counts(*submission_ids)["queued"]
         done = run_cli(["requeue", "--stuck"], self.env)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["published"] >= lost
+        report = json.loads(done.stdout)
+        assert report["republished"] + report["released"] >= lost
         return lost
 
     def running_on(self, worker: WorkerProcess) -> list[Job]:

@@ -122,7 +122,7 @@ def test_a_delivery_the_database_outlasts_is_published_again_and_not_lost(
     from storage.db import make_engine
     from storage.uploads import UploadPool
     from taskqueue.app import GENERATE_TASK, make_celery
-    from worker.batch import BatchRunner, Outlets, RunnerOptions
+    from worker.batch import BatchRunner, Outlets
     from worker.models import load_model
     from worker.sampler import TiUESampler
     from worker.tasks import register_generate_task
@@ -143,7 +143,7 @@ def test_a_delivery_the_database_outlasts_is_published_again_and_not_lost(
                 publish=lambda jobs, countdown: None,
             ),
             worker_name="bounded-worker",
-            options=RunnerOptions(stuck_after_s=1.0, record_timeout_s=2.0),
+            settings=fleet.settings.model_copy(update={"stuck_after_s": 1.0, "db_retry_s": 2.0}),
         )
         app = make_celery(fleet.settings)
         register_generate_task(app, runner, max_batch=4, max_wait_ms=10)

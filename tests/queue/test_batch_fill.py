@@ -259,13 +259,13 @@ def test_a_burst_through_the_real_worker_records_only_full_batches(tmp_path, fle
     assert report.published == 48  # all queued before the worker starts: a burst
 
     worker = WorkerProcess(env, tmp_path / "worker.log")
-    try:
-        assert wait_for(settings, report.submission_id, poll_s=0.5, timeout_s=300)
-    finally:
-        assert worker.stop() == 0
     engine = make_engine(settings.resolved_database_url)
     try:
-        jobs = list(list_jobs(engine, submission_id=report.submission_id, status=None, limit=None))
+        assert wait_for(engine, report.submission_id, poll_s=0.5, timeout_s=300)
+    finally:
+        assert worker.stop() == 0
+    try:
+        jobs = list(list_jobs(engine, submission_id=report.submission_id, stage=None, limit=None))
     finally:
         engine.dispose()
     assert [job["status"] for job in jobs] == ["succeeded"] * 48

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +13,15 @@ import torch
 from PIL import Image
 
 from core.jobspec import JobSpec, ParsedJob
-from core.webhooks import WebhookPolicy
 from storage.db import make_engine, session_scope
 from storage.models import JobStatus
 from storage.objects import open_store
-from storage.queries import load_jobs
+from storage.queries import get_job, load_jobs
 from storage.submissions import create_submission, insert_jobs, job_id_for
 from storage.uploads import UploadPool
-from worker.batch import BatchRunner, Outlets, RunnerOptions
+from worker.batch import BatchRunner, Outlets
 from worker.models import load_model
 from worker.sampler import TiUESampler
-from worker.webhook_sender import WebhookConfig
 
 
 @pytest.fixture()
@@ -40,8 +40,8 @@ def runtime(embedded_settings):
             Outlets(engine=engine, store=store, uploads=uploads, publish=publish),
             worker_name="test-worker",
             # The webhook test's receiver listens on loopback, which only an allow-list opens.
-            options=RunnerOptions(
-                max_batch=4, webhooks=WebhookConfig(policy=WebhookPolicy.parse("127.0.0.1"))
+            settings=embedded_settings.model_copy(
+                update={"max_batch": 4, "webhook_allow": "127.0.0.1"}
             ),
         )
         try:
@@ -151,11 +151,23 @@ def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(runtime):
     assert poisoned.status is JobStatus.FAILED and "poisoned input" in poisoned.error
 
 
-def test_a_job_for_another_model_fails_with_a_reason(runtime):
+def test_a_message_for_another_models_job_goes_back_to_its_queue_untouched(runtime):
+    """Observed: a misrouted message (or one from an old queue) failed its job for good."""
     runner, engine, _, _ = runtime
-    ids = add_jobs(engine, "someone/other-model", [("x", 1, 64)])
-    report = runner.run(ids)
-    assert report.failed == ids
+    rerouted: list[tuple[str, str, int]] = []
+    set_aside: list[str] = []
+    runner.outlets = replace(runner.outlets, reroute=rerouted.extend, set_aside=set_aside.extend)
+    other = add_jobs(engine, "someone/other-model", [("x", 1, 64)])
+    mine = add_jobs(engine, runner.sampler.model.name, [("y", 2, 64)])
+    unknown = str(uuid.uuid4())
+    report = runner.run([*other, *mine, unknown])
+    assert report.succeeded == mine and report.failed == []
+    assert (report.rerouted, rerouted) == (1, [(other[0], "someone/other-model", 5)])
+    assert set_aside == [unknown]
+    with session_scope(engine) as session:
+        job = get_job(session, other[0])
+    assert job is not None
+    assert (job.status, job.attempts, job.worker, job.error) == (JobStatus.QUEUED, 0, None, None)
 
 
 def test_a_finished_submission_posts_its_summary_to_the_webhook_once(runtime):
@@ -264,6 +276,9 @@ def test_workers_retry_the_database_for_loopfree_db_retry_s(embedded_settings, m
         Settings()
     runtime = build_runtime(embedded_settings.model_copy(update={"db_retry_s": 42.5}))
     try:
-        assert runtime.runner.options.record_timeout_s == 42.5
+        # One source: every part of the runner takes its bound from the settings.
+        assert runtime.runner.settings.db_retry_s == 42.5
+        assert runtime.runner.claims.record_timeout_s == 42.5
+        assert runtime.runner.recorder.record_timeout_s == 42.5
     finally:
         runtime.close()

@@ -22,7 +22,7 @@ from status.queries import cancel, list_jobs, wait_for
 from storage.db import make_engine, session_scope
 from storage.models import Job, Submission
 from storage.objects import open_store
-from taskqueue.app import queue_name
+from taskqueue.app import make_celery, queue_name
 from tests.helpers_processes import WorkerProcess, settings_from
 from worker.models import load_model
 from worker.sampler import TiUESampler
@@ -50,8 +50,9 @@ def test_a_few_hundred_prompts_become_stored_images_equal_to_local_generation(
     assert report.jobs == 240 and report.published == 240
 
     worker = WorkerProcess(fleet_env, tmp_path / "worker.log")
+    engine = make_engine(settings.resolved_database_url)
     try:
-        assert wait_for(settings, report.submission_id, poll_s=0.5, timeout_s=300)
+        assert wait_for(engine, report.submission_id, poll_s=0.5, timeout_s=300)
         metrics = (
             urllib.request.urlopen(
                 f"http://127.0.0.1:{fleet_env['LOOPFREE_METRICS_PORT']}/metrics", timeout=5
@@ -120,16 +121,16 @@ def test_a_cancelled_job_is_never_generated(tmp_path, fleet_env):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", 6)
     report = submit_file(settings, prompts, JobDefaults(model=settings.model, seed_base=1))
     engine = make_engine(settings.resolved_database_url)
-    victim = next(iter(list_jobs(engine, submission_id=report.submission_id, status=None, limit=1)))
-    assert cancel(engine, victim["id"]) == 1
+    victim = next(iter(list_jobs(engine, submission_id=report.submission_id, stage=None, limit=1)))
+    assert cancel(engine, make_celery(settings), victim["id"]).cancelled == 1
     worker = WorkerProcess(fleet_env, tmp_path / "worker.log")
     try:
-        wait_for(settings, report.submission_id, timeout_s=120)
+        wait_for(engine, report.submission_id, timeout_s=120)
     finally:
         worker.stop()
     records = {
         r["id"]: r
-        for r in list_jobs(engine, submission_id=report.submission_id, status=None, limit=None)
+        for r in list_jobs(engine, submission_id=report.submission_id, stage=None, limit=None)
     }
     assert records[victim["id"]]["status"] == "cancelled"
     assert records[victim["id"]]["image_uri"] is None and records[victim["id"]]["attempts"] == 0

@@ -26,7 +26,7 @@ from storage.queries import load_jobs
 from storage.submissions import create_submission, insert_jobs, job_id_for
 from storage.uploads import UploadPool
 from worker import gpu_encode
-from worker.batch import BatchRunner, Outlets, RunnerOptions
+from worker.batch import BatchRunner, Outlets
 from worker.imaging import encode_pixels
 from worker.models import load_model
 from worker.sampler import TiUESampler
@@ -48,7 +48,7 @@ def runner_on_s3(embedded_settings: Settings, s3_store: ObjectStore) -> Iterator
             TiUESampler(model),
             Outlets(engine=engine, store=s3_store, uploads=uploads, publish=lambda jobs, s: None),
             worker_name="format-worker",
-            options=RunnerOptions(max_batch=4),
+            settings=embedded_settings.model_copy(update={"max_batch": 4}),
         )
         try:
             yield runner

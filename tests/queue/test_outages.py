@@ -19,8 +19,9 @@ from storage.queries import load_jobs
 from storage.uploads import UploadPool
 from tests.harness import MotoServer, new_bucket, wait_until
 from tests.queue.test_batch_runner import add_jobs
-from worker.batch import BatchReport, BatchRunner, Outlets, RunnerOptions
+from worker.batch import BatchRunner, Outlets
 from worker.models import load_model
+from worker.report import BatchReport
 from worker.sampler import TiUESampler
 
 
@@ -58,7 +59,9 @@ def s3_runtime(embedded_settings, moto):
                 publish=lambda jobs, countdown: published.extend(job.id for job in jobs),
             ),
             worker_name="outage-worker",
-            options=RunnerOptions(max_batch=4, max_attempts=1, outage_probe_max_s=0.5),
+            settings=embedded_settings.model_copy(
+                update={"max_batch": 4, "max_attempts": 1, "outage_probe_max_s": 0.5}
+            ),
         )
         try:
             yield runner, engine, store, published

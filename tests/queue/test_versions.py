@@ -2,7 +2,7 @@
 internals still there on the installed versions, so an upgrade that renames one fails here first.
 
 ``taskqueue.batches`` overrides private attributes of celery-batches' ``Batches``;
-``taskqueue.redis_publish`` writes kombu's Redis messages and reads its ``unacked`` hash.
+``taskqueue.redis_lists`` writes kombu's Redis messages and reads them back from its lists.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
-from taskqueue.redis_publish import job_ids_in_broker
 
 from core.errors import UserError
 from core.settings import Settings
 from taskqueue.app import make_celery, publish_jobs, queue_name
+from taskqueue.redis_lists import waiting_job_ids
 from taskqueue.versions import (
     CHECKED_VERSIONS,
     CheckedVersion,
@@ -169,23 +169,25 @@ def test_kombus_redis_channel_accepts_every_transport_option_we_set(tmp_path):
     assert options <= set(Channel.from_transport_options), options - set(
         Channel.from_transport_options
     )
-    assert Channel.unacked_key == "unacked"  # redis_publish reads it under this default name
     assert list(inspect.signature(Channel._q_for_pri).parameters) == ["self", "queue", "pri"]
 
 
-def test_a_message_kombu_holds_unacknowledged_is_found_in_its_unacked_hash(tmp_path, redis_url):
-    """A real delivery without an ack: kombu writes it to its ``unacked`` hash in its own format,
-    and ``job_ids_in_broker`` (the reconciler) must read the job id back out of it."""
+def test_a_message_kombu_delivers_leaves_its_list_and_is_read_there_until_then(
+    tmp_path, redis_url
+):
+    """What ``waiting_job_ids`` (the reconciler) reads is what kombu's channel pops: a message we
+    wrote is found in its list, and gone from it once kombu delivered it."""
     app = make_celery(Settings(broker_url=redis_url, home=tmp_path / "home"))
     job_id = str(uuid.uuid4())
     assert publish_jobs(app, [(job_id, "versions-test", 5)]) == 1
+    assert waiting_job_ids(app, queue_name("versions-test")) == {job_id}
     with app.connection_for_read() as connection:
         channel = connection.default_channel
         message = channel.basic_get(queue_name("versions-test"), no_ack=False)
         assert message is not None, "kombu found no message in the list we wrote"
-        assert job_ids_in_broker(app, []) == {job_id}  # no queue listed: only the hash counts
+        assert message.headers["id"] == job_id
+        assert waiting_job_ids(app, queue_name("versions-test")) == set()
         message.ack()
-    assert job_ids_in_broker(app, [queue_name("versions-test")]) == set()
 
 
 def test_kombus_redis_channel_keeps_what_the_dead_letter_channel_overrides():

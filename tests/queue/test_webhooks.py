@@ -228,16 +228,18 @@ def test_a_delivery_left_by_a_stopped_sender_is_sent_by_the_next_one(engine) -> 
 
 
 def test_cancelling_the_last_open_jobs_finishes_the_submission_and_owes_its_webhook(
-    engine,
+    engine, embedded_settings
 ) -> None:
     from status.queries import cancel
+    from taskqueue.app import make_celery
 
+    app = make_celery(embedded_settings)
     with webhook_receiver([204]) as receiver:
         submission_id, ids = submission(engine, receiver.url, count=2)
-        assert cancel(engine, ids[0]) == 1
+        assert cancel(engine, app, ids[0]).cancelled == 1
         with session_scope(engine) as session:
             assert outbox.deliveries_of(session, submission_id) == []  # one job still queued
-        assert cancel(engine, submission_id) == 1
+        assert cancel(engine, app, submission_id).cancelled == 1
         hooks = sender(engine)
         assert hooks.send_due() == 1
         hooks.close()

@@ -34,7 +34,8 @@ from status.queries import wait_for
 from status.web.app import create_app
 from storage.db import make_engine, session_scope
 from storage.models import Job, JobStatus
-from storage.queries import count_by_status, iter_submission_jobs
+from storage.gallery import find_jobs
+from storage.queries import count_by_status
 from tests.conftest import REDIS_URL, redis_client, service_missing
 from tests.harness import (
     PG_ADMIN_URL,
@@ -183,13 +184,11 @@ def _render(backend: str, env: dict[str, str], folder: Path) -> RenderedRun:
             )
         worker = WorkerProcess(env, folder / "worker.log")
         try:
-            assert wait_for(settings, report.submission_id, poll_s=0.25, timeout_s=240) is False
+            assert wait_for(engine, report.submission_id, poll_s=0.25, timeout_s=240) is False
         finally:
             worker.stop()
         with session_scope(engine) as session:
-            jobs = [
-                job for page in iter_submission_jobs(session, report.submission_id) for job in page
-            ]
+            jobs = find_jobs(session, report.submission_id, limit=len(PROMPTS))
     finally:
         engine.dispose()
     statuses = [job.status for job in jobs]

@@ -1,5 +1,6 @@
-"""Bulk publishing into Redis: the messages are the ones Celery and kombu write, in the lists kombu
-reads, in order; and routing that survives Redis losing its data.
+"""kombu's Redis lists: bulk publishing writes the messages Celery and kombu write, in the lists
+kombu reads, in order; routing survives Redis losing its data; reading which jobs wait and taking
+messages back out work on those same lists.
 
 A real worker consuming such messages: ``test_end_to_end.py`` (``submit_file`` publishes this way).
 """
@@ -13,21 +14,15 @@ import uuid
 import pytest
 import redis
 from kombu import Producer
-from taskqueue.redis_publish import (
-    MESSAGES_PER_LPUSH,
-    MessageTemplate,
-    job_ids_in_broker,
-    supports,
-)
 
 from core.errors import BrokerUnavailable
 from core.jobspec import PRIORITY_LEVELS
 from core.settings import Settings
-from fleet.reconcile import requeue
+from fleet.reconcile import reconcile
 from producer.prompts import JobDefaults
 from producer.submit import submit_file
 from storage.db import make_engine, session_scope
-from storage.submissions import job_ids_of
+from storage.gallery import find_jobs
 from taskqueue.app import (
     REDIS_SEP,
     make_celery,
@@ -35,6 +30,14 @@ from taskqueue.app import (
     publish_jobs,
     publish_with_celery,
     queue_name,
+)
+from taskqueue.redis_lists import (
+    MESSAGES_PER_LPUSH,
+    MessageTemplate,
+    supports,
+    take_back,
+    waiting_count,
+    waiting_job_ids,
 )
 from tests.conftest import free_port
 
@@ -164,40 +167,46 @@ def fleet_settings(tmp_path, migrated_pg_url, redis_url, queue_model_dir):
     )
 
 
-def test_job_ids_in_broker_reads_waiting_and_unacknowledged_messages(app, client):
-    waiting = [str(uuid.uuid4()) for _ in range(3)]
+def test_the_waiting_job_ids_are_read_from_every_priority_list_and_taken_back(app, client):
+    waiting = [str(uuid.uuid4()) for _ in range(4)]
     publish_jobs(
-        app, [(job_id, "model-f", value) for job_id, value in zip(waiting, (0, 5, 9), strict=True)]
+        app,
+        [(job_id, "model-f", value) for job_id, value in zip(waiting, (0, 5, 9, 5), strict=True)],
     )
-    # A worker's delivered, unacknowledged message, as kombu's Redis transport records it.
-    (raw,) = client.rpop(queue_name("model-f") + REDIS_SEP + "9", 1)  # broker priority 9 = our low
-    client.hset("unacked", "a-delivery-tag", json.dumps([json.loads(raw), "", "x"]))
+    publish_jobs(app, [(str(uuid.uuid4()), "other", 5)])
+    assert waiting_job_ids(app, queue_name("model-f")) == set(waiting)
+    assert waiting_count(app, queue_name("model-f")) == 4
+    # A delivered message is no longer waiting: the worker that holds it vouches for it.
+    client.rpop(queue_name("model-f") + REDIS_SEP + "9", 1)  # broker priority 9 = our low
+    assert waiting_job_ids(app, queue_name("model-f")) == set(waiting) - {waiting[0]}
 
-    assert job_ids_in_broker(app, [queue_name("model-f")]) == set(waiting)
-    assert job_ids_in_broker(app, [queue_name("other")]) == {waiting[0]}  # unacked: any queue
+    assert take_back(app, queue_name("model-f"), [waiting[1], waiting[3], "no-such"]) == 2
+    assert waiting_job_ids(app, queue_name("model-f")) == {waiting[2]}
+    assert waiting_count(app, queue_name("other")) == 1
 
 
-def test_requeue_publishes_only_the_queued_jobs_the_broker_lost(
+def test_a_reconcile_pass_publishes_only_the_window_jobs_the_broker_lost(
     tmp_path, fleet_settings, client, queue_model_dir
 ):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"a lighthouse, number {i}\n" for i in range(40)))
     report = submit_file(fleet_settings, prompts, JobDefaults(model=str(queue_model_dir)))
     key = queue_name(str(queue_model_dir)) + REDIS_SEP + "3"  # normal priority
-    assert client.llen(key) == 40
+    assert client.llen(key) == 40  # a small submission goes straight out
     client.ltrim(key, 0, 24)  # the broker loses the 15 oldest messages
-
-    assert requeue(fleet_settings, stuck=True, failed=False, submission_id=None) == {
-        "released": 0,
-        "requeued_failed": 0,
-        "published": 15,
-        "already_in_broker": 25,
-    }
-    messages = [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
     engine = make_engine(fleet_settings.resolved_database_url)
-    with session_scope(engine) as session:
-        assert sorted(messages) == sorted(job_ids_of(session, report.submission_id))
-    engine.dispose()
-
-    again = requeue(fleet_settings, stuck=True, failed=False, submission_id=None)
-    assert (again["published"], again["already_in_broker"]) == (0, 40)
+    app = make_celery(fleet_settings)
+    try:
+        # Lost only once no one vouches for them for stuck_after_s: here, at once.
+        first = reconcile(engine, app, stuck_after_s=0)
+        assert (first.republished, first.window_checked) == (15, 40)
+        messages = [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
+        with session_scope(engine) as session:
+            every = [job.id for job in find_jobs(session, report.submission_id, limit=100)]
+        assert sorted(messages) == sorted(every)
+        again = reconcile(engine, app, stuck_after_s=0)
+        assert (again.republished, again.window_checked) == (0, 40)
+        # A pass that finds nothing stale looks at nothing in the broker.
+        assert reconcile(engine, app, stuck_after_s=3600).window_checked == 0
+    finally:
+        engine.dispose()
