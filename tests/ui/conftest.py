@@ -33,8 +33,8 @@ from producer.submit import submit_file
 from status.queries import wait_for
 from status.web.app import create_app
 from storage.db import make_engine, session_scope
-from storage.models import Job, JobStatus
 from storage.gallery import find_jobs
+from storage.models import Job, JobStatus
 from storage.queries import count_by_status
 from tests.conftest import REDIS_URL, redis_client, service_missing
 from tests.harness import (
