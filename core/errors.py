@@ -6,7 +6,9 @@
     ``ModelNotFound``     weights could not be found or downloaded
   ``RetryableError``     a dependency is unavailable for now: retry with backoff
     ``DatabaseUnavailable``, ``BrokerUnavailable``, ``StoreUnavailable``
-  ``PermanentError``     the job itself cannot succeed (e.g. it crashes the sampler every time)
+
+A job that cannot succeed (it crashes the sampler every time) is no exception of its own: it is
+recorded ``failed`` with its reason once its attempts are spent (``worker.recording``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,3 @@ class BrokerUnavailable(RetryableError):
 
 class StoreUnavailable(RetryableError):
     """The object store did not answer or refused the request."""
-
-
-class PermanentError(LoopfreeError):
-    """The job cannot succeed however often it is retried."""

@@ -3,7 +3,7 @@
 A delivery is written in the transaction that marks its submission finished
 (``storage.submissions.mark_submission_finished`` calls :func:`enqueue_finished`), so a finish
 and its webhook are recorded together or not at all, and a worker restart loses neither. Sender
-threads (``worker.webhook_sender``) claim due rows, POST outside any transaction and record the
+threads (``notify.sender``) claim due rows, POST outside any transaction and record the
 outcome; every write names the claim (the attempt number it took), so a sender that lost its
 claim (its lease ran out while it was stuck) cannot overwrite a newer attempt's result.
 

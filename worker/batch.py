@@ -8,7 +8,7 @@ Everything here is plain Python called by the Celery task (``worker.tasks``) and
     worker.recording  PNG encoding and upload (upload pool), outcomes, retries, truncation flags
     worker.outage     the gate a store or database outage closes: deliveries wait before claiming
     worker.finisher   finished submissions (and their webhooks owed), on a thread of its own
-    worker.webhook_sender  the webhook outbox, POSTed by threads of its own, each by a deadline
+    notify.sender  the webhook outbox, POSTed by threads of its own, each by a deadline
 
 The GPU never waits on I/O: only sampling holds the GPU lock. PNG encoding and uploads run in the
 upload pool while the next group samples, and while this delivery's thread waits for its uploads
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from core.errors import RetryableError
+from notify.sender import WebhookConfig, WebhookSender
 from storage import jobs as job_store
 from storage.db import session_scope
 from storage.models import Job
@@ -43,7 +44,6 @@ from worker.report import BatchReport
 from worker.retrying import Publish
 from worker.sampler import TiUESampler
 from worker.text import TextEncoderCache
-from worker.webhook_sender import WebhookConfig, WebhookSender
 
 if TYPE_CHECKING:
     from core.settings import Settings

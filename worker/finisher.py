@@ -9,7 +9,7 @@ handed over.
 A submission is marked finished by the one call that sees its last job done
 (``storage.submissions.mark_submission_finished`` is a guarded UPDATE); that call also writes
 its webhook to the outbox, in the same transaction. The finisher never POSTs anything: it wakes
-the webhook sender (``worker.webhook_sender``), whose threads do, each attempt by a deadline.
+the webhook sender (``notify.sender``), whose threads do, each attempt by a deadline.
 """
 
 from __future__ import annotations

@@ -51,9 +51,6 @@ DATABASE = "database"
 FIRST_PROBE_S = 0.5
 """The first probe's pause: a blip (one refused connection) ends the pause in about a second."""
 
-OUTAGE_PROBE_MAX_S = 30.0
-"""Longest pause between probes; workers pass LOOPFREE_OUTAGE_PROBE_MAX_S (same default)."""
-
 Probe = Callable[[], None]
 """Asks a dependency something cheap; raises ``RetryableError`` while it does not answer."""
 
@@ -68,7 +65,7 @@ class OutageGate:
         self,
         probes: Mapping[str, Probe],
         *,
-        probe_max_s: float = OUTAGE_PROBE_MAX_S,
+        probe_max_s: float,
         first_probe_s: float = FIRST_PROBE_S,
     ) -> None:
         self.probes = dict(probes)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import BrokerUnavailable, LoopfreeError, RetryableError, StoreUnavailable
 from core.modelinfo import public_model_name
+from core.settings import Settings
 from storage import jobs as job_store
 from storage.db import session_scope
 from storage.models import Job
@@ -56,7 +57,8 @@ class Recorder:
         (``LOOPFREE_GPU_JPEG``). ``gate``: the worker's outage gate (``worker.outage``); by
         default one of this recorder's own that probes ``store`` and ``engine``."""
         self.gate = gate or OutageGate(
-            {STORE: store.probe, DATABASE: lambda: ping_database(engine)}
+            {STORE: store.probe, DATABASE: lambda: ping_database(engine)},
+            probe_max_s=Settings.model_fields["outage_probe_max_s"].default,
         )
         self.gpu_jpeg = gpu_jpeg
         self.engine = engine

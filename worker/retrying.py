@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from core.errors import DatabaseUnavailable
 
@@ -20,14 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Publish = Callable[[Sequence["Job"], float], None]
+Publish = Callable[[Sequence["Job"], "float | None"], None]
 """Sends jobs' messages again, due after the given number of seconds (``taskqueue.app``)."""
-
-# How long a delivery keeps retrying the database (claims, finished results) while it is
-# unreachable. Past it the delivery gives up: its jobs' heartbeats stop, and a redelivery or the
-# reconciler hands them to another worker. Workers pass LOOPFREE_DB_RETRY_S (core.settings, same
-# default); this default is for runners built without settings (tests, benchmarks).
-RECORD_TIMEOUT_S = 300.0
 
 
 def retry_while_unavailable(
@@ -35,26 +36,30 @@ def retry_while_unavailable(
     timeout_s: float,
     on_unavailable: Callable[[DatabaseUnavailable], None] | None = None,
 ) -> T:
-    """Call ``write`` until it stops raising ``DatabaseUnavailable`` or ``timeout_s`` passes.
+    """Call ``write`` until it stops raising ``DatabaseUnavailable`` or ``timeout_s`` passes
+    (``LOOPFREE_DB_RETRY_S``), backing off exponentially with full jitter up to 10 s (tenacity).
 
     ``on_unavailable`` hears of the first failure: the worker's outage gate closes on it, so the
     worker's other deliveries wait instead of claiming (``worker.outage``)."""
-    deadline = time.monotonic() + timeout_s
-    attempt = 0
-    while True:
-        try:
-            return write()
-        except DatabaseUnavailable as error:
-            attempt += 1
-            if attempt == 1 and on_unavailable is not None:
-                on_unavailable(error)
-            pause = min(backoff_seconds(attempt, base=0.25, cap=10.0), deadline - time.monotonic())
-            if pause <= 0:
-                raise
-            log.warning("database unavailable (%s); retrying in %.1fs", error, pause)
-            time.sleep(pause)
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if state.attempt_number == 1 and on_unavailable is not None:
+            on_unavailable(error)  # type: ignore[arg-type]
+        pause = state.next_action.sleep if state.next_action else 0.0
+        log.warning("database unavailable (%s); retrying in %.1fs", error, pause)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(DatabaseUnavailable),
+        stop=stop_after_delay(timeout_s),
+        wait=wait_random_exponential(multiplier=0.25, max=10.0),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(write)
 
 
 def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
-    """Exponential backoff with full jitter: spreads retries of a fleet hit by the same outage."""
+    """How long a job given back waits before its next attempt: exponential backoff with full
+    jitter, so jobs of a fleet hit by the same fault do not come back in one wave."""
     return random.uniform(0, min(cap, base * 2**attempt))

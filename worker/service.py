@@ -185,12 +185,13 @@ def build_runtime(settings: Settings, model: str | None = None) -> WorkerRuntime
 
 
 def check_dependencies(settings: Settings, engine: Engine, app: Celery, store: ObjectStore) -> None:
-    """Refuse to start, with one line that says what to fix, unless the database has the schema,
-    the broker answers and the store takes and gives back a probe object."""
-    from migrations.runner import check_schema
+    """Refuse to start, with one line that says what to fix, unless the database answers (its
+    schema is checked by ``loopfree worker`` before this), the broker answers and the store takes
+    and gives back a probe object."""
     from taskqueue.app import check_broker
+    from worker.recording import ping_database
 
-    check_schema(settings.resolved_database_url)
+    ping_database(engine)
     check_broker(app, doing="start the worker")
     store.verify_access()
 

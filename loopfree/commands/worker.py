@@ -124,19 +124,31 @@ def generate(
 
 def worker(
     model: Annotated[str | None, typer.Option(help="Hub id or local pipeline folder.")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Jobs per batch (default 16).")] = None,
-    max_wait_ms: Annotated[int | None, typer.Option(help="Wait this long to fill a batch.")] = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Jobs per delivery taken from the broker (default 16); each sampler call takes "
+            "as many of them as LOOPFREE_BATCH_BUDGET allows."
+        ),
+    ] = None,
+    max_wait_ms: Annotated[
+        int | None, typer.Option(help="Wait this long to fill a delivery.")
+    ] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
-    """Serve one model's queue: dynamic batches, TiUE sampling, uploads, results in SQL."""
+    """Serve one model's queue: dynamic batches, TiUE sampling, uploads, results in SQL. Checks
+    the database's schema, the broker and the store first, and exits with one line if any is
+    wrong."""
     import logging
 
+    from migrations.runner import check_schema
     from worker.service import run_worker
 
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _with_overrides(max_batch=max_batch, max_wait_ms=max_wait_ms)
+    check_schema(settings.resolved_database_url)
     run_worker(settings, model, loglevel=loglevel)
 
 

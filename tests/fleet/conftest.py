@@ -117,7 +117,7 @@ def seeded(engine: Engine) -> Seeded:
         )
         assert len(claimed) == 3
         assert job_store.mark_failed(session, a[19], "boom", now=at(201))
-        assert job_store.cancel_queued(session, job_ids=a[20:21]) == a[20:21]
+        assert [row[0] for row in job_store.cancel_queued(session, job_ids=a[20:21])] == a[20:21]
     # a[21:24] stay queued.
 
     b = add_jobs(engine, MODEL_B, 2, now=base - timedelta(minutes=1))

@@ -23,6 +23,7 @@ from migrations.runner import upgrade
 from storage import jobs as job_store
 from storage.db import make_engine, session_scope
 from storage.models import Job, JobStatus, utcnow
+from storage.progress import STAGES
 from taskqueue.app import make_celery, publish_jobs, queue_name
 from tests.conftest import free_port
 from tests.fleet.conftest import MODEL_A, MODEL_B, Seeded, add_jobs
@@ -80,13 +81,16 @@ def test_a_scrape_reports_every_status_of_every_model_with_zeros_included(
     collector.refresh()
     samples = scrape(collector)
 
-    expected_a = {"succeeded": 17, "running": 2, "queued": 3, "failed": 1, "cancelled": 1}
+    # Stages, the words `status` and the web view use: running jobs are claimed or rendering.
+    expected_a = {"succeeded": 17, "claimed": 2, "rendering": 0, "queued": 3, "failed": 1,
+                  "cancelled": 1}  # fmt: skip
     for status, count in expected_a.items():
         assert value(samples, "loopfree_jobs", model=MODEL_A, status=status) == count
-    for status in JobStatus:
-        want = 2 if status is JobStatus.SUCCEEDED else 0
-        assert value(samples, "loopfree_jobs", model=MODEL_B, status=status.value) == want
-        assert value(samples, "loopfree_jobs", model="fleet-test/no-jobs", status=status.value) == 0
+    assert value(samples, "loopfree_jobs", model=MODEL_A, status="running") is None
+    for stage in STAGES:
+        want = 2 if stage == "succeeded" else 0
+        assert value(samples, "loopfree_jobs", model=MODEL_B, status=stage) == want
+        assert value(samples, "loopfree_jobs", model="fleet-test/no-jobs", status=stage) == 0
     assert value(samples, "loopfree_database_up") == 1
     # No Celery app given: nothing about the broker, rather than a made-up "up".
     assert "loopfree_broker_up" not in names(samples)
@@ -178,7 +182,7 @@ def test_pending_is_counted_afresh_every_refresh_and_finished_jobs_on_full_refre
     assert not partial.full
     samples = scrape(collector)
     assert value(samples, "loopfree_pending_jobs", model=MODEL_A) == 3
-    assert value(samples, "loopfree_jobs", model=MODEL_A, status="running") == 0
+    assert value(samples, "loopfree_jobs", model=MODEL_A, status="claimed") == 0
     assert value(samples, "loopfree_jobs", model=MODEL_A, status="succeeded") == 17  # as before
     assert value(samples, "loopfree_pending_jobs", model="fleet-test/arrived") == 1
     assert value(samples, "loopfree_jobs", model="fleet-test/arrived", status="failed") == 0

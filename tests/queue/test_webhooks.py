@@ -17,6 +17,8 @@ from sqlalchemy import update
 from core.errors import UserError
 from core.jobspec import JobSpec, ParsedJob
 from core.webhooks import WebhookPolicy, WebhookRefused, check_webhook_url, mask_url
+from notify.post import body_of, post, signed_headers
+from notify.sender import WebhookConfig, WebhookSender
 from storage import jobs as job_store
 from storage import webhooks as outbox
 from storage.db import make_engine, session_scope
@@ -29,8 +31,6 @@ from storage.submissions import (
 )
 from tests.harness import run_cli
 from tests.webhook_receiver import webhook_receiver
-from worker.webhook_sender import WebhookConfig, WebhookSender
-from worker.webhooks import body_of, post, signed_headers
 
 LOOPBACK = WebhookPolicy.parse("127.0.0.1")
 SECRET = "whsec-test"
@@ -322,10 +322,10 @@ def test_submit_refuses_a_metadata_webhook_in_one_line(tmp_path, queue_model_dir
 def test_without_a_secret_each_worker_warns_once_at_its_first_unsigned_webhook(
     engine, monkeypatch, caplog
 ) -> None:
-    import worker.webhook_sender as webhook_sender
+    import notify.sender as webhook_sender
 
     monkeypatch.setattr(webhook_sender, "_warned_unsigned", False)
-    with caplog.at_level("WARNING", logger="worker.webhook_sender"):
+    with caplog.at_level("WARNING", logger="notify.sender"):
         sender(engine).close()  # nothing to send: nothing to warn about
         assert not [r for r in caplog.records if "LOOPFREE_WEBHOOK_SECRET" in r.message]
         with webhook_receiver([204, 204]) as receiver:

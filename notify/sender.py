@@ -3,7 +3,7 @@
 Deliveries are rows (``storage.webhooks``), written when a submission finishes. This thread, and
 the few attempt threads it runs, are the only ones that talk to receivers: the threads that
 sample, upload and record never wait on a webhook, so a receiver that is slow, down or trickling
-bytes costs them nothing. Each attempt ends by its deadline (``worker.webhooks``); a failure is
+bytes costs them nothing. Each attempt ends by its deadline (``notify.post``); a failure is
 retried with backoff for ``LOOPFREE_WEBHOOK_RETRY_S``.
 
 Delivery is at least once: a claim is a lease, so the delivery of a sender that died mid-attempt
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from core.webhooks import WebhookPolicy, mask_url
+from notify.post import Outcome, body_of, post, signed_headers
 from storage import webhooks as outbox
 from storage.db import session_scope
-from worker.webhooks import Outcome, body_of, post, signed_headers
 
 if TYPE_CHECKING:
     from core.settings import Settings
