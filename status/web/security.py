@@ -35,6 +35,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE_NAME = "loopfree_ui"
+# A token guards every prompt and image: 32 characters of `openssl rand -hex 32` carry 128 bits,
+# past any online guessing; a short, human-chosen one (a 10-letter word) is not.
+MIN_TOKEN_LENGTH = 32
+MAKE_TOKEN = "openssl rand -hex 32"
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 SECURITY_HEADERS = {
@@ -49,7 +53,7 @@ SECURITY_HEADERS = {
 
 
 class TokenRequired(UserError):
-    """``loopfree ui`` was asked to listen beyond loopback without a token."""
+    """``loopfree ui`` was asked to listen beyond loopback without a token, or with a weak one."""
 
 
 def is_loopback(host: str) -> bool:
@@ -63,14 +67,24 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to serve prompts and images to the network without a token."""
+    """Refuse to serve prompts and images to the network without a token, or with a short one."""
+    check_token(token)
     if token or is_loopback(host):
         return
     raise TokenRequired(
         f"`loopfree ui --host {host}` would serve every prompt and image to the network without "
-        "a password: set LOOPFREE_UI_TOKEN to a long random string (e.g. `openssl rand -hex 24`) "
+        f"a password: set LOOPFREE_UI_TOKEN to a long random string (`{MAKE_TOKEN}`) "
         "and open the view once with ?token=..., or bind to 127.0.0.1"
     )
+
+
+def check_token(token: str | None) -> None:
+    """A token that is set must be at least ``MIN_TOKEN_LENGTH`` characters long."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise TokenRequired(
+            f"LOOPFREE_UI_TOKEN has {len(token)} characters; it needs at least "
+            f"{MIN_TOKEN_LENGTH}, so that it cannot be guessed: make one with `{MAKE_TOKEN}`"
+        )
 
 
 def cookie_value(token: str) -> str:
@@ -82,6 +96,7 @@ class Guard:
     """ASGI middleware enforcing the rules in this module's docstring."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
+        check_token(token or None)
         self.app = app
         self.token = token or None
         self.cookie = cookie_value(self.token) if self.token else None

@@ -14,7 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
+from core.errors import UserError
+from status.web.app import create_app
 from storage.models import JobStatus
 from storage.objects import open_store
 from tests.harness import REPO_ROOT, free_port, port_open, run_cli, wait_until
@@ -22,7 +25,7 @@ from tests.ui.conftest import PERCENT_PROMPT, RenderedRun, ServedApp
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "a-long-random-test-token-4b1f"
+TOKEN = "a-long-random-test-token-4b1f-9c2e-77d0"
 
 
 @pytest.fixture()
@@ -94,6 +97,22 @@ def test_off_loopback_the_view_refuses_to_start_without_a_token(tmp_path: Path):
     done = run_cli(["ui", "--host", "0.0.0.0", "--port", str(free_port())], env, timeout=60)
     assert done.returncode == 2
     assert "set LOOPFREE_UI_TOKEN" in done.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_a_short_token_is_refused_in_one_line_saying_how_to_make_one(tmp_path: Path, host: str):
+    env = {"LOOPFREE_HOME": str(tmp_path / "home"), "LOOPFREE_UI_TOKEN": "0123456789"}
+    done = run_cli(["ui", "--host", host, "--port", str(free_port())], env, timeout=60)
+    assert done.returncode == 2, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has 10 characters" in lines[0] and "at least 32" in lines[0]
+    assert "openssl rand -hex 32" in lines[0]
+
+
+def test_the_app_itself_refuses_a_short_token(rendered_run: RenderedRun):
+    short = rendered_run.settings.model_copy(update={"ui_token": SecretStr("x" * 31)})
+    with pytest.raises(UserError, match="at least 32"):
+        create_app(short)
 
 
 def test_the_view_is_read_only(served: ServedApp, rendered_run: RenderedRun):
