@@ -24,6 +24,7 @@ from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from core.jobspec import ParsedJob
+    from producer.prompts import ParseResult
 
 # The priority names a job accepts, as typer's choices.
 Priority = Enum("Priority", {name: name for name in PRIORITY_LEVELS}, type=str)
@@ -108,8 +109,7 @@ def submit(
             parsed, planned = plan_file(
                 settings, path, defaults, skip_invalid=skip_invalid, format=format
             )
-            for error in parsed.skipped:
-                typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
+            _report_skipped(parsed)
             _report_plan(planned)
             _check_workers(settings, planned, require=require_worker)
             return
@@ -123,8 +123,7 @@ def submit(
             format=format,
             check=lambda jobs: _check_workers(settings, jobs, require=require_worker),
         )
-    for error in report.parse.skipped:
-        typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
+    _report_skipped(report.parse)
     if not report.created:
         typer.secho(
             f"already submitted: {report.inserted} missing job(s) added, "
@@ -150,6 +149,15 @@ def _prompt_source(file: Path, format: str | None) -> Iterator[tuple[Path, str |
         path = Path(folder) / "stdin"
         path.write_bytes(sys.stdin.buffer.read())
         yield path, format or "txt"
+
+
+def _report_skipped(parsed: ParseResult) -> None:
+    """Each skipped line with its reason, then one line accounting for every line read."""
+    if not parsed.skipped_count:
+        return
+    for error in parsed.skipped:
+        typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
+    typer.secho(parsed.summary(), fg=typer.colors.YELLOW, err=True)
 
 
 def _report_plan(jobs: list[ParsedJob]) -> None:
