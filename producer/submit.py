@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from core.jobspec import DEFAULT_IMAGE_FORMAT, ParsedJob
 from core.modelinfo import canonical_model, native_size
 from core.settings import Settings
+from producer.options import check_submission_options
 from producer.prompts import JobDefaults, ParseResult, parse_prompt_file
 
 if TYPE_CHECKING:
@@ -61,12 +62,10 @@ def submit_file(
 
     ``format`` (txt, jsonl, csv) overrides the file's extension; ``check`` sees the validated jobs
     before anything is written and may refuse them by raising (``--require-worker``).
-    ``webhook_url`` must pass ``core.webhooks.check_webhook_url`` (http(s), a public address
-    unless ``LOOPFREE_WEBHOOK_ALLOW`` lists the host): ``WebhookRefused`` says why not."""
-    if webhook_url is not None:
-        from core.webhooks import check_webhook_url
-
-        check_webhook_url(webhook_url, settings.webhook_policy)
+    ``webhook_url``, ``key`` and the file's name must pass ``check_submission_options`` (lengths
+    the schema holds; a public http(s) webhook address unless ``LOOPFREE_WEBHOOK_ALLOW`` lists
+    the host)."""
+    check_submission_options(settings, webhook_url=webhook_url, key=key, source=path.name)
     parsed, new_jobs = plan_file(
         settings, path, defaults, skip_invalid=skip_invalid, format=format
     )

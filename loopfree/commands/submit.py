@@ -88,6 +88,7 @@ def submit(
     """Validate FILE, record its jobs in the database, queue them; prints the submission id.
 
     Warns when no live worker serves a model it queues for (see `loopfree workers`)."""
+    from producer.options import check_submission_options
     from producer.prompts import JobDefaults
     from producer.submit import plan_file, submit_file
 
@@ -106,6 +107,7 @@ def submit(
     format = input_format.value if input_format else None
     with _prompt_source(file, format) as (path, format):
         if dry_run:
+            check_submission_options(settings, webhook_url=webhook, key=key, source=path.name)
             parsed, planned = plan_file(
                 settings, path, defaults, skip_invalid=skip_invalid, format=format
             )
