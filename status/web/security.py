@@ -8,6 +8,9 @@
   an HttpOnly, SameSite=Strict cookie that holds an HMAC of the token (not the token itself), so
   the token leaves the address bar and the history and is never sent to another site. Anything
   else is answered 401.
+- **Clean text.** A query string or path that holds a NUL byte or is not UTF-8 is answered 400
+  here, saying which: no text that PostgreSQL cannot hold (NUL) or that would be silently
+  replaced (bad UTF-8) reaches a query.
 - **Inert pages.** Jinja2 autoescapes every prompt and error; as a second line, the
   Content-Security-Policy forbids scripts altogether (the pages use none) and only lets images
   and styles come from the app itself.
@@ -20,7 +23,7 @@ import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, unquote_to_bytes, urlencode
 
 from starlette.datastructures import URL
 from starlette.requests import Request
@@ -127,6 +130,9 @@ class Guard:
                 status_code=405,
                 headers={"Allow": "GET, HEAD"},
             )
+        problem = unclean_text(request.scope)
+        if problem is not None:
+            return self.bad_request(request, problem)
         if self.token is None or self.carries_token(request):
             return None
         offered = request.query_params.get("token")
@@ -161,6 +167,12 @@ class Guard:
         return response
 
     @staticmethod
+    def bad_request(request: Request, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=400)
+        return PlainTextResponse(message, status_code=400)
+
+    @staticmethod
     def unauthorized(request: Request) -> Response:
         message = (
             "this loopfree web view needs its token (LOOPFREE_UI_TOKEN): send "
@@ -170,3 +182,25 @@ class Guard:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message}, status_code=401, headers=headers)
         return PlainTextResponse(message, status_code=401, headers=headers)
+
+
+def unclean_text(scope: Scope) -> str | None:
+    """Why the request's path or query string cannot be used as text, or None if it can."""
+    raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the address is not valid UTF-8; percent-encode text as UTF-8"
+    if "\x00" in path:
+        return "the address contains a NUL byte (%00); remove it"
+    query = scope.get("query_string", b"")
+    try:
+        pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return "the query string is not valid UTF-8; percent-encode text as UTF-8"
+    for name, value in pairs:
+        if "\x00" in name:
+            return "a query parameter name contains a NUL byte (%00); remove it"
+        if "\x00" in value:
+            return f"query parameter {name!r} contains a NUL byte (%00); remove it"
+    return None

@@ -199,3 +199,35 @@ def test_images_come_through_the_app_and_thumbnails_are_cached_webp(
     cached = list((settings.home_dir / "cache" / "thumbs").rglob(f"{job.id}-*.webp"))
     assert len(cached) == 1 and cached[0].read_bytes() == thumb.content == again.content
     assert job.image_sha256[:16] in cached[0].name  # a re-rendered image gets a new thumbnail
+
+
+@pytest.mark.parametrize(
+    ("address", "named"),
+    [
+        ("/submissions/{sub}?q=%00", "query parameter 'q' contains a NUL byte"),
+        ("/api/submissions/{sub}/jobs?q=fox%00", "query parameter 'q' contains a NUL byte"),
+        ("/api/submissions/{sub}/jobs?status=%00", "query parameter 'status' contains a NUL"),
+        ("/?page=%00", "query parameter 'page' contains a NUL byte"),
+        ("/api/submissions?x%00y=1", "a query parameter name contains a NUL byte"),
+        ("/submissions/{sub}?q=%ff%fe", "the query string is not valid UTF-8"),
+        ("/api/submissions/{sub}/jobs?q=caf%e9", "the query string is not valid UTF-8"),
+        ("/jobs/%00abc", "the address contains a NUL byte"),
+        ("/api/jobs/ab%ffcd", "the address is not valid UTF-8"),
+    ],
+)
+def test_nul_bytes_and_broken_utf8_in_a_request_are_a_400_saying_so(
+    served: ServedApp, rendered_run: RenderedRun, address: str, named: str
+):
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        answer = client.get(address.replace("{sub}", rendered_run.submission_id))
+    assert answer.status_code == 400, answer.text
+    shown = answer.json()["error"] if address.startswith("/api/") else answer.text
+    assert named in shown and "\n" not in shown.strip()
+
+
+def test_text_that_is_clean_utf8_still_filters(served: ServedApp, rendered_run: RenderedRun):
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        answer = client.get(
+            f"/api/submissions/{rendered_run.submission_id}/jobs", params={"q": "fox ❄"}
+        )
+    assert answer.status_code == 200 and answer.json()["total"] == 0
