@@ -7,21 +7,12 @@ default and on a fleet, and need no broker.
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from core.settings import get_settings
-
-
-def _ago(moment: datetime, now: datetime) -> str:
-    seconds = max(0.0, (now - moment).total_seconds())
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+from loopfree.commands.tables import Column, Wide, print_table
 
 
 def workers(
@@ -30,6 +21,7 @@ def workers(
         bool, typer.Option("--all", help="Also workers that stopped beating (dead).")
     ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    wide: Wide = False,
 ) -> None:
     """Live workers (those whose heartbeat is younger than their TTL): model, host, images done."""
     from core.modelinfo import canonical_model
@@ -71,27 +63,33 @@ def workers(
             err=True,
         )
         return
-    from rich.console import Console
-    from rich.table import Table
+    from status.labels import ago
 
-    table = Table("name", "model", "device", "version", "started", "last beat", "images", "in hand")
-    for row, record in zip(rows, records, strict=True):
-        table.add_row(
-            record["name"] + ("" if record["live"] else " (dead)"),
-            record["model"],
-            record["device"],
-            record["version"],
-            _ago(row.started_at, now),
-            _ago(row.last_beat_at, now),
-            str(record["images_done"]),
-            str(record["jobs_in_hand"]),
-        )
-    Console().print(table)
+    columns = [Column(name) for name in ("name", "model", "device", "version", "started",
+                                         "last beat", "images", "in hand")]  # fmt: skip
+    print_table(
+        columns,
+        (
+            [
+                record["name"] + ("" if record["live"] else " (dead)"),
+                record["model"],
+                record["device"],
+                record["version"],
+                ago(row.started_at, now),
+                ago(row.last_beat_at, now),
+                str(record["images_done"]),
+                str(record["jobs_in_hand"]),
+            ]
+            for row, record in zip(rows, records, strict=True)
+        ),
+        wide=wide,
+    )
 
 
 def submissions(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    wide: Wide = False,
 ) -> None:
     """Recent submissions: id, file, model, created, counts, progress and rate."""
     from status.queries import engine_for
@@ -117,24 +115,24 @@ def submissions(
     if json_:
         typer.echo(json.dumps(records, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
+    columns = [Column("id", short=8), *(Column(name) for name in
+               ("file", "model", "created", "done", "failed", "open", "images/s"))]  # fmt: skip
+    print_table(columns, (_submission_row(record) for record in records), wide=wide)
 
-    table = Table("id", "file", "model", "created", "done", "failed", "open", "images/s")
-    for record in records:
-        counts = record["counts"]
-        rate = record["images_per_s"]
-        table.add_row(
-            record["id"][:8],
-            record["source"],
-            ", ".join(record["models"]),
-            record["created_at"][:19].replace("T", " "),
-            f"{record['done']}/{record['job_count']}",
-            str(counts["failed"]),
-            str(counts["queued"] + counts["running"]),
-            "-" if rate is None else f"{rate:.2f}",
-        )
-    Console().print(table)
+
+def _submission_row(record: dict[str, Any]) -> list[str]:
+    counts = record["counts"]
+    rate = record["images_per_s"]
+    return [
+        record["id"],
+        record["source"],
+        ", ".join(record["models"]),
+        record["created_at"][:19].replace("T", " "),
+        f"{record['done']}/{record['job_count']}",
+        str(counts["failed"]),
+        str(counts["queued"] + counts["running"]),
+        "-" if rate is None else f"{rate:.2f}",
+    ]
 
 
 def register(app: typer.Typer) -> None:

@@ -10,11 +10,12 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from core.settings import get_settings
+from loopfree.commands.tables import Column, Wide, print_table
 
 
 class Format(str, Enum):
@@ -34,7 +35,8 @@ def status(
 
     found = lookup(engine_for(get_settings()), identifier)
     if not isinstance(found, SubmissionStatus):
-        typer.echo(json.dumps({"kind": "job", **found} if json_ else found, indent=2))
+        record = _with_priority_name(found)
+        typer.echo(json.dumps({"kind": "job", **record} if json_ else record, indent=2))
         return
     if json_:
         typer.echo(json.dumps({"kind": "submission", **found.as_dict()}, indent=2))
@@ -56,6 +58,8 @@ def jobs(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many.")] = None,
     format: Annotated[Format, typer.Option()] = Format.table,
+    json_: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    wide: Wide = False,
 ) -> None:
     """List jobs from the database."""
     from status.queries import engine_for, list_jobs
@@ -67,8 +71,8 @@ def jobs(
     records = list_jobs(
         engine_for(get_settings()), submission_id=submission, status=status_, limit=limit
     )
-    if format is Format.json:
-        typer.echo(json.dumps(list(records), indent=1))
+    if json_ or format is Format.json:
+        typer.echo(json.dumps([_with_priority_name(record) for record in records], indent=1))
     elif format is Format.csv:
         from status.queries import JOB_FIELDS
 
@@ -83,25 +87,38 @@ def jobs(
             for record in records
         )
     else:
-        from rich.console import Console
-        from rich.table import Table
+        print_table(JOB_COLUMNS, (_job_row(record) for record in records), wide=wide)
 
-        table = Table(
-            "id", "submission", "line", "status", "prio", "seed", "size", "prompt", "image / error"
-        )
-        for record in records:
-            table.add_row(
-                record["id"][:8],
-                record["submission_id"][:8],
-                str(record["line_number"]),
-                record["status"],
-                str(record["priority"]),
-                str(record["seed"]),
-                f"{record['width']}x{record['height']}",
-                record["prompt"][:40],
-                record["image_uri"] or record["error"] or "",
-            )
-        Console().print(table)
+
+# Ids show their first 8 characters and prompts 40 on a terminal; plain rows show them whole.
+JOB_COLUMNS = [
+    Column("id", short=8), Column("submission", short=8), Column("line"), Column("status"),
+    Column("priority"), Column("seed"), Column("size"), Column("prompt", short=40),
+    Column("image / error"),
+]  # fmt: skip
+
+
+def _job_row(record: dict[str, Any]) -> list[str]:
+    from status.labels import priority_name
+
+    return [
+        record["id"],
+        record["submission_id"],
+        str(record["line_number"]),
+        record["status"],
+        priority_name(record["priority"]),
+        str(record["seed"]),
+        f"{record['width']}x{record['height']}",
+        record["prompt"],
+        record["image_uri"] or record["error"] or "",
+    ]
+
+
+def _with_priority_name(record: dict[str, Any]) -> dict[str, Any]:
+    """A job record for JSON: the stored number stays ``priority``, its name is added."""
+    from status.labels import priority_name
+
+    return {**record, "priority_name": priority_name(record["priority"])}
 
 
 def wait(

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.errors import UserError
+from status.labels import priority_name
 from status.web.thumbs import HASH_PREFIX_CHARS
 from storage.db import Engine, session_scope
 from storage.gallery import (
@@ -219,6 +220,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "steps": job.steps,
         "model": job.model,
         "priority": job.priority,
+        "priority_name": priority_name(job.priority),
         "status": job.status.value,
         "attempts": job.attempts,
         "worker": job.worker,

@@ -231,3 +231,14 @@ def test_text_that_is_clean_utf8_still_filters(served: ServedApp, rendered_run: 
             f"/api/submissions/{rendered_run.submission_id}/jobs", params={"q": "fox ❄"}
         )
     assert answer.status_code == 200 and answer.json()["total"] == 0
+
+
+def test_priorities_show_by_name_and_json_keeps_the_number(
+    served: ServedApp, rendered_run: RenderedRun
+):
+    job = rendered_run.jobs[0]
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        page = client.get(f"/jobs/{job.id}")
+        record = client.get(f"/api/jobs/{job.id}").json()
+    assert page.status_code == 200 and "priority normal" in page.text
+    assert (record["priority"], record["priority_name"]) == (5, "normal")
