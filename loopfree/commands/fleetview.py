@@ -26,33 +26,14 @@ def workers(
     """Live workers (those whose heartbeat is younger than their TTL): model, host, images done."""
     from core.modelinfo import canonical_model
     from status.queries import engine_for
-    from storage.db import session_scope
+    from status.workers import worker_records
     from storage.models import utcnow
-    from storage.workers import is_live, list_workers
 
     now = utcnow()
-    engine = engine_for(get_settings())
     wanted = canonical_model(model) if model else None
-    with session_scope(engine) as session:
-        rows = list_workers(session, model=wanted, include_dead=all_, now=now)
-    records = [
-        {
-            "name": row.name,
-            "model": row.model,
-            "queue": row.queue,
-            "host": row.host,
-            "pid": row.pid,
-            "version": row.version,
-            "device": row.device,
-            "started_at": row.started_at.isoformat(),
-            "last_beat_at": row.last_beat_at.isoformat(),
-            "ttl_s": row.ttl_s,
-            "images_done": row.images_done,
-            "jobs_in_hand": row.jobs_in_hand,
-            "live": is_live(row, now),
-        }
-        for row in rows
-    ]
+    records = worker_records(
+        engine_for(get_settings()), model=wanted, include_dead=all_, now=now
+    )
     if json_:
         typer.echo(json.dumps(records, indent=1))
         return
@@ -63,6 +44,8 @@ def workers(
             err=True,
         )
         return
+    from datetime import datetime
+
     from status.labels import ago
 
     columns = [Column(name) for name in ("name", "model", "device", "version", "started",
@@ -75,12 +58,12 @@ def workers(
                 record["model"],
                 record["device"],
                 record["version"],
-                ago(row.started_at, now),
-                ago(row.last_beat_at, now),
+                ago(datetime.fromisoformat(record["started_at"]), now),
+                ago(datetime.fromisoformat(record["last_beat_at"]), now),
                 str(record["images_done"]),
                 str(record["jobs_in_hand"]),
             ]
-            for row, record in zip(rows, records, strict=True)
+            for record in records
         ),
         wide=wide,
     )

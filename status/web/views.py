@@ -15,6 +15,7 @@ from typing import Any
 from core.errors import UserError
 from status.labels import priority_name
 from status.web.thumbs import HASH_PREFIX_CHARS
+from status.workers import worker_records
 from storage.db import Engine, session_scope
 from storage.gallery import (
     JobFilter,
@@ -22,7 +23,6 @@ from storage.gallery import (
     count_submissions,
     find_jobs,
     list_submissions,
-    recent_workers,
     run_span,
     status_counts_for,
     succeeded_since_for,
@@ -34,9 +34,6 @@ from storage.submissions import get_submission
 RATE_WINDOW_S = 60.0
 """Throughput of a running submission is measured over the last minute: long enough to smooth
 batch boundaries, short enough that the ETA follows a fleet that scales up or down."""
-
-WORKERS_WINDOW_S = 300.0
-"""A worker counts as recent if it finished a job in the last five minutes (or holds one)."""
 
 SUBMISSIONS_PER_PAGE = 25
 JOBS_PER_PAGE = 100
@@ -189,20 +186,10 @@ def run_times(engine: Engine, submission_id: str) -> dict[str, str | None]:
 
 
 def workers_view(engine: Engine) -> list[dict[str, Any]]:
-    """Workers the jobs table has seen lately (there is no worker registry yet)."""
-    since = utcnow() - timedelta(seconds=WORKERS_WINDOW_S)
-    with session_scope(engine) as session:
-        seen = recent_workers(session, since)
-    return [
-        {
-            "name": worker.name,
-            "model": worker.model,
-            "last_seen": _iso(worker.last_seen),
-            "running": worker.running,
-            "finished_recently": worker.finished_recently,
-        }
-        for worker in seen
-    ]
+    """The worker registry: live workers first, then those that died in the last day, each by
+    model and name (``status.workers``: the records ``loopfree workers --all --json`` prints)."""
+    records = worker_records(engine, include_dead=True)
+    return sorted(records, key=lambda record: not record["live"])
 
 
 def job_view(job: Job) -> dict[str, Any]:

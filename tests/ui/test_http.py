@@ -21,7 +21,13 @@ from status.web.app import create_app
 from storage.models import JobStatus
 from storage.objects import open_store
 from tests.harness import REPO_ROOT, free_port, port_open, run_cli, wait_until
-from tests.ui.conftest import PERCENT_PROMPT, RenderedRun, ServedApp
+from tests.ui.conftest import (
+    DEAD_WORKER,
+    LIVE_WORKER,
+    PERCENT_PROMPT,
+    RenderedRun,
+    ServedApp,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +170,7 @@ def test_the_json_api_pages_and_filters_what_the_database_holds(
             job.image_uri,
         )
         workers = client.get("/api/workers").json()
-        assert [w["name"] for w in workers["workers"]] == [rendered_run.worker_name]
+        assert workers["workers"] == []  # its worker stopped cleanly: it left the registry
         assert workers["stats"]["counts"] == rendered_run.counts()
 
         assert client.get(f"{base}/jobs", params={"status": "done"}).status_code == 400
@@ -242,3 +248,19 @@ def test_priorities_show_by_name_and_json_keeps_the_number(
         record = client.get(f"/api/jobs/{job.id}").json()
     assert page.status_code == 200 and "priority normal" in page.text
     assert (record["priority"], record["priority_name"]) == (5, "normal")
+
+
+def test_the_workers_page_and_api_read_the_registry_live_and_dead(registry_app: ServedApp):
+    with httpx.Client(base_url=registry_app.url, timeout=30) as client:
+        listed = client.get("/api/workers").json()["workers"]
+        page = client.get("/workers")
+    assert [(w["name"], w["live"]) for w in listed] == [(LIVE_WORKER, True), (DEAD_WORKER, False)]
+    live, dead = listed
+    assert (live["device"], live["version"], live["jobs_in_hand"], live["images_done"]) == (
+        "cuda:0", "9.8.7", 3, 120,
+    )  # fmt: skip
+    assert live["last_beat_age_s"] < 600 and dead["last_beat_age_s"] >= 7200
+    assert page.status_code == 200 and "no worker registry" not in page.text
+    assert f'data-worker="{LIVE_WORKER}" data-live="true"' in page.text
+    assert f'data-worker="{DEAD_WORKER}" data-live="false"' in page.text
+    assert ">dead</span>" in page.text and "1 live." in page.text
