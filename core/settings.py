@@ -119,7 +119,13 @@ class Settings(BaseSettings):
     # it with jittered exponential backoff up to this many seconds apart: a worker resumes within
     # this long of the outage's end, and a fleet of 100 paused workers sends ~3 probes a second.
     outage_probe_max_s: float = Field(default=30.0, gt=0)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Every worker serves Prometheus metrics unless told not to (0). 9400 is the port the images,
+    # the compose file, the Kubernetes manifests, their healthchecks and the Prometheus config
+    # already use; a worker finding it taken (a second worker on the host, or NVIDIA's
+    # dcgm-exporter, whose default it is too) takes the next free one, up to 15 above, and logs it.
+    metrics_port: int | None = Field(
+        default=9400, ge=0, le=65535, description="First port tried for /metrics; 0: none."
+    )
     # SQLite (the embedded default) is always created/migrated by the command that opens it; a
     # shared PostgreSQL database changes only by `loopfree db upgrade`, unless this is set.
     auto_migrate: bool = Field(
