@@ -145,9 +145,9 @@ def _carried_ipv4(address: IPv6Address) -> list[tuple[str, IPv4Address]]:
         return [("a NAT64 address", low32)]
     if address in _COMPATIBLE and value > 1:
         return [("an IPv4-compatible address", low32)]
-    if address in _SIX_TO_FOUR:
-        return [("a 6to4 address", IPv4Address((value >> 80) & 0xFFFFFFFF))]
     carried = []
+    if address in _SIX_TO_FOUR:
+        carried.append(("a 6to4 address", IPv4Address((value >> 80) & 0xFFFFFFFF)))
     if address in _TEREDO:
         server = IPv4Address((value >> 64) & 0xFFFFFFFF)
         client = IPv4Address(~value & 0xFFFFFFFF)  # stored XOR-ed with all ones

@@ -70,6 +70,7 @@ HOSTILE = [
     ("http://[64:ff9b:1::808:808]/", "local-use NAT64"),
     ("http://[2001:4860:1::5efe:a9fe:a9fe]/", "ISATAP address carrying 169.254.169.254"),
     ("http://[2001:4860:1::200:5efe:a00:1]/", "ISATAP address carrying 10.0.0.1"),
+    ("http://[2002:808:808:1::5efe:a9fe:a9fe]/", "ISATAP address carrying 169.254.169.254"),
     # IPv6 special-purpose blocks
     ("http://[::1]/", "loopback"),
     ("http://[::]/", "unspecified"),
