@@ -134,7 +134,13 @@ class Settings(BaseSettings):
     owner: str | None = Field(default=None, description="Owner of submissions (default: OS user).")
     # Owners' shares of a busy fleet relative to each other: "alice=2,bots=0.5" (others weigh 1).
     owner_weights: str = Field(default="", description="Fair-share weights: NAME=WEIGHT,...")
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Every worker serves Prometheus metrics unless told not to (0). 9400 is the port the images,
+    # the compose file, the Kubernetes manifests, their healthchecks and the Prometheus config
+    # already use; a worker finding it taken (a second worker on the host, or NVIDIA's
+    # dcgm-exporter, whose default it is too) takes the next free one, up to 15 above, and logs it.
+    metrics_port: int | None = Field(
+        default=9400, ge=0, le=65535, description="First port tried for /metrics; 0: none."
+    )
     # SQLite (the embedded default) is always created/migrated by the command that opens it; a
     # shared PostgreSQL database changes only by `loopfree db upgrade`, unless this is set.
     auto_migrate: bool = Field(

@@ -4,10 +4,11 @@ A webhook URL is chosen by whoever submits, and the POST is made from inside the
 unchecked, ``--webhook http://169.254.169.254/latest/meta-data/...`` or ``http://10.0.0.5:5432``
 would let a submitter reach the cloud's metadata service or internal hosts (server-side request
 forgery). So a URL must be http(s), and every address its host resolves to must be a public one,
-unless ``LOOPFREE_WEBHOOK_ALLOW`` lists the host (a name, an address or a CIDR). The check runs at
-submit (a clear error before anything is queued) and again for every attempt, on the addresses
-the attempt then connects to, so a name that resolves differently later (DNS rebinding) is
-refused too.
+unless ``LOOPFREE_WEBHOOK_ALLOW`` lists the host (a name, an address or a CIDR); what "public"
+means, with the IPv4 addresses hidden inside IPv6 ones unwrapped, is ``core.addresses``. The
+check runs at submit (a clear error before anything is queued) and again for every attempt, on
+the addresses the attempt then connects to, so a name that resolves differently later (DNS
+rebinding) is refused too.
 
 Signatures follow GitHub's and Stripe's scheme: ``X-Loopfree-Signature: sha256=HEX`` where HEX is
 ``HMAC_SHA256(secret, f"{timestamp}.{body}")`` and ``timestamp`` is ``X-Loopfree-Timestamp``
@@ -25,9 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from core.addresses import IPAddress, legacy_ipv4, why_not_public
 from core.errors import UserError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
 
@@ -35,20 +36,6 @@ SIGNATURE_HEADER = "X-Loopfree-Signature"
 TIMESTAMP_HEADER = "X-Loopfree-Timestamp"
 EVENT_HEADER = "X-Loopfree-Event"
 DELIVERY_HEADER = "X-Loopfree-Delivery"
-
-# Cloud metadata endpoints, named in errors because they are the classic target. All of them are
-# non-global anyway (link-local, unique-local or shared space); listing them makes the refusal say
-# what the address is.
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(address)
-    for address in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack
-        "169.254.170.2",  # AWS ECS task metadata
-        "fd00:ec2::254",  # AWS over IPv6
-        "100.100.100.200",  # Alibaba Cloud
-    )
-)
-
 
 class WebhookRefused(UserError):
     """A webhook URL is not allowed: wrong scheme, unresolvable, or a non-public address."""
@@ -96,25 +83,6 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _forbidden(address: IPAddress) -> str | None:
-    """Why this address may not be called, or None for a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    if address in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_private:
-        return "a private address"
-    if address.is_multicast or address.is_unspecified or address.is_reserved:
-        return "not a unicast address"
-    if not address.is_global:
-        return "not a public address"
-    return None
-
-
 def split_webhook_url(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL; ``WebhookRefused`` otherwise."""
     try:
@@ -139,15 +107,14 @@ def allowed_addresses(
 
     Every address must pass, not just one: the connection may pick any of them.
     """
+    literal = _literal_address(host)
     if policy.allows_host(host):
+        if literal is not None:
+            return [str(literal)]
         try:
             return list(resolve(host, port))
         except OSError as error:
             raise WebhookRefused(f"webhook host {host} does not resolve: {error}") from None
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        literal = None
     if literal is not None:
         addresses = [str(literal)]
     else:
@@ -161,14 +128,23 @@ def allowed_addresses(
         raise WebhookRefused(f"webhook host {host} resolves to no address; check the URL")
     for text in addresses:
         address = ipaddress.ip_address(text.split("%")[0])  # drop an IPv6 zone id
-        reason = _forbidden(address)
+        reason = why_not_public(address)
         if reason is not None and not policy.allows_address(address):
-            named = host if literal is not None else f"{host} ({address})"
+            named = host if host.strip("[]") == str(address) else f"{host} ({address})"
             raise WebhookRefused(
                 f"webhook host {named} is {reason}; webhooks go to public addresses only, unless "
                 f"LOOPFREE_WEBHOOK_ALLOW lists the host (e.g. LOOPFREE_WEBHOOK_ALLOW={host})"
             )
     return addresses
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    """The address a host names literally, legacy IPv4 spellings (``0x7f.1``) included, so
+    that the verdict on it does not depend on what the resolver makes of them."""
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return legacy_ipv4(host)
 
 
 def check_webhook_url(url: str, policy: WebhookPolicy, resolve: Resolver = system_resolver) -> str:

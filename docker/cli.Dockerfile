@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # Producer / CLI image: `loopfree submit`, `status`, `scale`, `db upgrade` (the migration job),
-# `loopfree metrics` (the queue exporter) and `loopfree ui` (the web view). No torch, no CUDA: a
-# few hundred MB instead of gigabytes.
+# `loopfree metrics` (the queue exporter) and `loopfree ui` (the web view); with
+# `--build-arg EXTRAS=monitor`, Flower too. No torch, no CUDA: a few hundred MB instead of
+# gigabytes.
 #
 #   docker build -f docker/cli.Dockerfile -t loopfree-cli .
 #   docker run --rm -v "$PWD:/data:ro" -e LOOPFREE_BROKER_URL=... loopfree-cli \
@@ -34,8 +35,10 @@ COPY loopfree ./loopfree
 
 # The plain install is the producer: torch belongs to the [worker] extra. The check fails the
 # build if a base dependency drags torch in, instead of shipping a 3 GB "CLI" image. Every
-# dependency at the version CI tested (constraints/lock.txt).
-RUN pip install --no-cache-dir -c /src/constraints/lock.txt /src \
+# dependency at the version CI tested (constraints/lock.txt). EXTRAS adds torch-free extras:
+# `--build-arg EXTRAS=monitor` is the Flower image of compose.yaml.
+ARG EXTRAS=""
+RUN pip install --no-cache-dir -c /src/constraints/lock.txt "/src${EXTRAS:+[$EXTRAS]}" \
  && if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"; then \
       echo "torch got into the CLI image: keep it out of pyproject's base dependencies ([worker] extra)" >&2; \
       exit 1; \

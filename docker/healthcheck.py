@@ -21,7 +21,8 @@ import urllib.request
 # message instead of being killed by Docker without one.
 TIMEOUT_S = 3.0
 
-# The worker's metrics port when LOOPFREE_METRICS_PORT is unset; the images set it explicitly.
+# The worker's metrics port when LOOPFREE_METRICS_PORT is unset (core.settings' default; the
+# images set it explicitly too). In a container nothing else takes it, so the worker is there.
 DEFAULT_METRICS_PORT = 9400
 
 

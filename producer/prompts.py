@@ -3,7 +3,9 @@
 Every line is checked before anything is returned and every bad line is reported with its number,
 so a file is fixed in one pass and never half-queued. Each job goes through ``validate_job``, the
 validator the worker runs again. Lines are split on ``\\n`` and decoded one at a time, so broken
-UTF-8 is reported at its line; the file is streamed, never held whole.
+UTF-8 is reported at its line; the file is streamed, never held whole. A CSV record is one line
+(``_csv_row``): a quote left open is an error on its own line, never a field that swallows the
+lines after it. ``ParseResult`` accounts for every line read (accepted, skipped, blank).
 
 JSONL and CSV lines may set ``prompt``, ``seed``, ``height``, ``width``, ``steps``,
 ``num_images``, ``model``, ``priority``, ``metadata``, ``image_format`` and ``image_quality``;
@@ -95,19 +97,42 @@ class LineError:
 
 @dataclass(frozen=True)
 class ParseResult:
-    """The jobs of a file in order, and with ``skip_invalid`` the lines that were skipped."""
+    """The jobs of a file in order, and with ``skip_invalid`` the lines that were skipped.
+
+    Every line read is accounted for: ``lines_read`` = ``lines_accepted`` (each made at least one
+    job) + ``skipped_count`` + lines that hold no job (blank lines, a CSV header).
+    """
 
     jobs: tuple[ParsedJob, ...]
     skipped: tuple[LineError, ...]
     skipped_count: int  # can exceed len(skipped): only the first KEPT_ERRORS are kept
     format: str
     source: str
+    lines_read: int = 0
+    lines_accepted: int = 0
     # Jobs the file holds: len(jobs), or, when they went to a sink, how many went there.
     job_count: int = 0
 
     @property
     def specs(self) -> list[JobSpec]:
         return [job.spec for job in self.jobs]
+
+    @property
+    def skipped_line_numbers(self) -> tuple[int, ...]:
+        """The numbers of the skipped lines (the first KEPT_ERRORS of them)."""
+        return tuple(error.line_number for error in self.skipped)
+
+    def summary(self) -> str:
+        """One line for people: what was read, accepted and skipped, and where."""
+        text = (
+            f"{self.source}: {self.lines_read:,} line(s) read, {self.lines_accepted:,} accepted "
+            f"({len(self.jobs):,} job(s)), {self.skipped_count:,} skipped"
+        )
+        if not self.skipped_count:
+            return text
+        numbers = ", ".join(str(n) for n in self.skipped_line_numbers[:LISTED_ERRORS])
+        more = self.skipped_count - min(len(self.skipped), LISTED_ERRORS)
+        return f"{text} (line {numbers}{f' and {more:,} more' if more > 0 else ''})"
 
 
 class PromptFileError(UserError):
@@ -197,7 +222,7 @@ def parse_prompts(
         data = data.read(MAX_FILE_BYTES + 1).encode("utf-8", "surrogatepass")
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     collector = _Collector(defaults, model_roots, source, sink)
-    lines = _physical_lines(stream, source)
+    lines = _counted(_physical_lines(stream, source), collector)
     if fmt == "txt":
         _read_txt(lines, collector)
     elif fmt == "jsonl":
@@ -238,6 +263,8 @@ class _Collector:
         self._emit: Callable[[ParsedJob], None] = sink or self.jobs.append
         self.errors: list[LineError] = []
         self.error_count = 0
+        self.lines_read = 0
+        self.lines_accepted = 0
         self._models: dict[str, str | InvalidJob] = {}
         # Seeded from the OS once: a secrets call per job took longer than validating the job.
         self._rng = Random(secrets.randbits(256))
@@ -333,6 +360,7 @@ class _Collector:
             raise InvalidJob(" | ".join(problems))
 
         self._emit(ParsedJob(spec, line_number, position))
+        self.lines_accepted += 1
         drawn = "seed" not in fields and seed_base is None
         for k in range(1, count):
             next_seed = self._random_seed() if drawn else seed + k
@@ -375,8 +403,10 @@ class _Collector:
             problem = "has no valid prompts" if count else "contains no prompts"
             raise PromptFileError(self.source, problem, self.errors, count)
         return ParseResult(
-            tuple(self.jobs), tuple(self.errors), count, fmt, self.source, self.job_count
-        )
+            tuple(self.jobs), tuple(self.errors), count, fmt, self.source,
+            lines_read=self.lines_read, lines_accepted=self.lines_accepted,
+            job_count=self.job_count,
+        )  # fmt: skip
 
 
 def _check_num_images(count: Any) -> None:
@@ -416,6 +446,15 @@ def _physical_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, bytes
         if total > MAX_FILE_BYTES:
             raise PromptFileError(source, _too_big(total))
         yield number, None if overlong else raw
+
+
+def _counted(
+    lines: Iterator[tuple[int, bytes | None]], collector: _Collector
+) -> Iterator[tuple[int, bytes | None]]:
+    """The same lines, counting them into ``collector.lines_read`` for the summary."""
+    for number, raw in lines:
+        collector.lines_read = number
+        yield number, raw
 
 
 def _decode(raw: bytes | None) -> str:
@@ -467,46 +506,67 @@ def _read_jsonl(lines: Iterator[tuple[int, bytes | None]], collector: _Collector
 def _read_csv(
     lines: Iterator[tuple[int, bytes | None]], collector: _Collector, source: str
 ) -> None:
-    bad_lines: list[LineError] = []  # undecodable lines, pinned to the record that holds them
-
-    def text_lines() -> Iterator[str]:
-        for number, raw in lines:
-            try:
-                yield _decode(raw)
-            except InvalidJob as exc:
-                bad_lines.append(LineError(number, str(exc)))
-                yield "\n"  # stands in for the line, so csv still counts it
-
-    reader = csv.reader(text_lines(), strict=True)
+    """One CSV record per physical line (see ``_csv_row``), so a broken quote costs one line."""
     header: list[str] | None = None
-    while True:
-        start = reader.line_num + 1
-        problem: LineError | None = None
+    unclosed_at: int | None = None  # the line before, if its quote ran past its end
+    for number, raw in lines:
+        after_unclosed, unclosed_at = unclosed_at, None
         try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            row = []
-            problem = LineError(start, f"CSV record cannot be read ({exc}); check its quotes")
-        if bad_lines:
-            problem = problem or bad_lines[0]
-            bad_lines.clear()
-        if header is None:
-            if problem is not None:
-                raise PromptFileError(source, "has a broken header row", [problem])
-            if any(cell.strip() for cell in row):
-                header = _csv_header(row, start, source)
+            text = _decode(raw)
+            row = _csv_row(text)
+            if after_unclosed is not None and text.count('"') % 2:
+                raise InvalidJob(
+                    f"line has an unmatched quote right after line {after_unclosed}'s unclosed "
+                    f"one, so it looks like the rest of line {after_unclosed}'s field; a CSV "
+                    "field cannot span lines: join the two lines"
+                )
+        except InvalidJob as exc:
+            if isinstance(exc, _UnclosedQuote):
+                unclosed_at = number
+            if header is None:
+                raise PromptFileError(
+                    source, "has a broken header row", [LineError(number, str(exc))]
+                ) from None
+            collector.reject(number, str(exc))
             continue
-        if problem is not None:
-            collector.reject(problem.line_number, problem.reason)
-        elif any(cell.strip() for cell in row):  # rows of empty cells are blank lines
-            try:
-                fields = _csv_fields(header, row)
-            except InvalidJob as exc:
-                collector.reject(start, str(exc))
-                continue
-            collector.add(start, fields)
+        if not any(cell.strip() for cell in row):  # blank lines and rows of empty cells
+            continue
+        if header is None:
+            header = _csv_header(row, number, source)
+            continue
+        try:
+            fields = _csv_fields(header, row)
+        except InvalidJob as exc:
+            collector.reject(number, str(exc))
+            continue
+        collector.add(number, fields)
+
+
+class _UnclosedQuote(InvalidJob):
+    """A quoted CSV field is still open where its line ends."""
+
+
+def _csv_row(text: str) -> list[str]:
+    """The cells of one physical line.
+
+    The rule: a CSV record is one line, so a quoted field cannot hold a line break (write
+    prompts with line breaks as JSONL, where ``\\n`` escapes them; CLIP reads a line break as a
+    space anyway). Python's csv module would let a field whose closing quote is missing swallow
+    every following line up to its 128 KiB field limit, silently taking thousands of valid lines
+    with it; here that quote is an error on its own line and the next line is read afresh.
+    """
+    try:
+        return next(csv.reader((text,), strict=True), [])
+    except csv.Error as exc:
+        # At the end of the only line it was given, a strict reader inside a quoted field says
+        # "unexpected end of data" (tests/producer pins this).
+        if "unexpected end of data" in str(exc):
+            raise _UnclosedQuote(
+                "a quoted field opens on this line and is not closed before the line ends; "
+                'close it with " (a quote inside a quoted field is written twice: ""); a CSV '
+                "field cannot span lines"
+            ) from None
+        raise InvalidJob(f"CSV record cannot be read ({exc}); check its quotes") from None
 
 
 def _csv_header(row: list[str], line_number: int, source: str) -> list[str]:

@@ -144,8 +144,7 @@ def submit_file(
     process starts (the CLI's ``loopfree.resources``); without them, ones of this call's own are
     made and closed. ``new``: make a new submission even if this file was submitted before with
     the same options. ``check`` sees the plan before anything is written and may refuse it by
-    raising (``--require-worker``, the hub check). ``webhook_url`` must pass
-    ``core.webhooks.check_webhook_url``."""
+    raising (``--require-worker``, the hub check)."""
     if engine is None or app is None:
         with _own_resources(settings) as (own_engine, own_app):
             return submit_file(
@@ -153,16 +152,15 @@ def submit_file(
                 skip_invalid=skip_invalid, key=key, new=new, webhook_url=webhook_url,
                 owner=owner, format=format, check=check, progress=progress,
             )  # fmt: skip
-    from core.webhooks import check_webhook_url
     from producer.options import check_submission_options
     from storage.db import session_scope
     from storage.submissions import create_submission, find_by_key
     from taskqueue.app import check_broker
 
     owner = owner or settings.resolved_owner
-    check_submission_options(webhook=webhook_url, key=key, source=path.name)
-    if webhook_url is not None:
-        check_webhook_url(webhook_url, settings.webhook_policy)
+    # Lengths the schema holds, and a public http(s) webhook address unless
+    # LOOPFREE_WEBHOOK_ALLOW lists the host: one line each, before anything is read or written.
+    check_submission_options(settings, webhook_url=webhook_url, key=key, source=path.name)
     plan = plan_file(settings, path, defaults, skip_invalid=skip_invalid, format=format)
     defaults = _with_canonical_model(defaults)
     record = _defaults_record(defaults)

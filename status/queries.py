@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
-from core.jobspec import PRIORITY_LEVELS
+from status.labels import priority_name
 from status.summary import SubmissionSummary, format_seconds, summarize
 from storage.db import Engine, session_scope
 from storage.models import JOB_ATTRIBUTES, Job
@@ -45,14 +45,6 @@ CANCEL_CHUNK = 20_000
 
 CANCEL_BUDGET_S = 5.0
 """How long ``cancel`` moves queued rows itself before it leaves the rest to the fleet."""
-
-_PRIORITY_NAMES = {number: name for name, number in PRIORITY_LEVELS.items()}
-
-
-def priority_name(priority: int) -> str:
-    """``high``, ``normal``, ``low``, or the number for a priority between the named ones."""
-    return _PRIORITY_NAMES.get(priority, str(priority))
-
 
 def job_record(job: Job) -> dict[str, Any]:
     """``job`` as JSON-ready values keyed by ``JOB_FIELDS``: its stage as ``status``, times in

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from storage.models import Job, JobStatus, Submission
@@ -32,18 +32,6 @@ class JobFilter:
 
     stages: tuple[str, ...] = ()
     text: str = ""
-
-
-@dataclass(frozen=True)
-class WorkerSeen:
-    """A worker as the jobs table remembers it: its name, the model it served, when it last
-    claimed, heart-beat or finished a job, and what it holds and finished recently."""
-
-    name: str
-    model: str
-    last_seen: datetime | None
-    running: int
-    finished_recently: int
 
 
 def escape_like(text: str) -> str:
@@ -132,41 +120,6 @@ def count_jobs(session: Session, submission_id: str, wanted: JobFilter = JobFilt
         return None
     counts = stage_counts(session, submission_id=submission_id)
     return sum(counts[stage] for stage in (wanted.stages or STAGES))
-
-
-def recent_workers(session: Session, since: datetime, *, limit: int = 100) -> list[WorkerSeen]:
-    """Workers that hold a running job or finished one at or after ``since``, most recent first.
-
-    There is no worker registry: this is what the jobs table knows (``jobs.worker`` stays set
-    after a job finishes). Running jobs are few (``ix_jobs_status``) and recent finishes are a
-    range of ``ix_jobs_finished_at``, so the scan is small however large the table.
-    """
-    seen = func.max(func.coalesce(Job.heartbeat_at, Job.finished_at, Job.started_at))
-    running = func.sum(case((Job.status == JobStatus.RUNNING, 1), else_=0))
-    finished = func.sum(case((Job.finished_at >= since, 1), else_=0))
-    statement = (
-        select(Job.worker, Job.model, seen, running, finished)
-        .where(
-            Job.worker.is_not(None),
-            or_(
-                Job.status == JobStatus.RUNNING,
-                Job.finished_at >= since,
-            ),
-        )
-        .group_by(Job.worker, Job.model)
-        .order_by(seen.desc())
-        .limit(limit)
-    )
-    return [
-        WorkerSeen(
-            name=name,
-            model=model,
-            last_seen=_aware(last_seen),
-            running=int(running_count or 0),
-            finished_recently=int(finished_count or 0),
-        )
-        for name, model, last_seen, running_count, finished_count in session.execute(statement)
-    ]
 
 
 def job_for_image(session: Session, job_id: str) -> tuple[str | None, str | None] | None:

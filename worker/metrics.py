@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING
@@ -10,6 +12,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 if TYPE_CHECKING:
     from worker.report import BatchReport
+
+log = logging.getLogger(__name__)
+
+PORTS_TRIED = 16
+"""Workers on one host take consecutive metrics ports: one per GPU of a 16-GPU host."""
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
@@ -99,8 +106,34 @@ class WorkerMetrics:
     def disabled(cls) -> WorkerMetrics:
         return cls(enabled=False)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int) -> int | None:
+        """Serve ``/metrics`` on the first free port from ``port`` up to ``PORTS_TRIED - 1`` above
+        it, so workers sharing a host (one per GPU) each get one: 9400, 9401, ... Logs the port
+        taken. 0 serves nothing; a host with every port of the range taken gets a warning and a
+        worker without the endpoint (it still works). Returns the port, or None."""
+        if port == 0:
+            log.info("metrics endpoint off (LOOPFREE_METRICS_PORT=0)")
+            return None
+        for candidate in range(port, min(port + PORTS_TRIED, 65536)):
+            try:
+                start_http_server(candidate, registry=self.registry)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            if candidate == port:
+                log.info("Prometheus metrics on port %d (/metrics)", candidate)
+            else:
+                log.warning(
+                    "metrics port %d is taken (another worker on this host?): Prometheus "
+                    "metrics on port %d instead (/metrics)", port, candidate,
+                )  # fmt: skip
+            return candidate
+        log.warning(
+            "metrics ports %d-%d are all taken: this worker serves no metrics; set "
+            "LOOPFREE_METRICS_PORT to a free range", port, port + PORTS_TRIED - 1,
+        )  # fmt: skip
+        return None
 
     def sampled(self, model: str, jobs: int, seconds: float) -> None:
         self.batch_size.observe(jobs)

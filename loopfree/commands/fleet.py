@@ -160,6 +160,9 @@ def dead_letters(
         bool, typer.Option(help="Empty the list after printing how many it held.")
     ] = False,
     limit: Annotated[int, typer.Option(min=1, help="Print at most this many, newest first.")] = 20,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print one JSON list instead of JSON lines.")
+    ] = False,
 ) -> None:
     """List the broker entries workers set aside because they could not be decoded, had the wrong
     shape, named a task other than loopfree.generate or were too large (JSON lines: queue,
@@ -172,12 +175,18 @@ def dead_letters(
     app = resources.celery_app()
     if not supports(app.conf.broker_url):
         typer.echo("dead letters are kept on Redis brokers only; this broker has none", err=True)
+        if json_ and not clear:
+            typer.echo("[]")
         return
     if clear:
         typer.echo(json.dumps({"cleared": clear_dead_letters(app)}))
         return
-    for letter in list_dead_letters(app, limit=limit):
-        typer.echo(json.dumps(letter))
+    letters = list_dead_letters(app, limit=limit)
+    if json_:
+        typer.echo(json.dumps(list(letters), indent=1))
+    else:
+        for letter in letters:
+            typer.echo(json.dumps(letter))
     typer.echo(f"{count_dead_letters(app)} dead letters in all", err=True)
 
 

@@ -7,21 +7,12 @@ default and on a fleet, and need no broker.
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from loopfree import resources
-
-
-def _ago(moment: datetime, now: datetime) -> str:
-    seconds = max(0.0, (now - moment).total_seconds())
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+from loopfree.commands.tables import Column, Wide, print_table
 
 
 def workers(
@@ -30,35 +21,16 @@ def workers(
         bool, typer.Option("--all", help="Also workers that stopped beating (dead).")
     ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    wide: Wide = False,
 ) -> None:
     """Live workers (those whose heartbeat is younger than their TTL): model, host, images done."""
     from core.modelinfo import canonical_model
-    from storage.db import session_scope
+    from status.workers import worker_records
     from storage.models import utcnow
-    from storage.workers import is_live, list_workers
 
     now = utcnow()
     wanted = canonical_model(model) if model else None
-    with session_scope(resources.engine()) as session:
-        rows = list_workers(session, model=wanted, include_dead=all_, now=now)
-    records = [
-        {
-            "name": row.name,
-            "model": row.model,
-            "queue": row.queue,
-            "host": row.host,
-            "pid": row.pid,
-            "version": row.version,
-            "device": row.device,
-            "started_at": row.started_at.isoformat(),
-            "last_beat_at": row.last_beat_at.isoformat(),
-            "ttl_s": row.ttl_s,
-            "images_done": row.images_done,
-            "jobs_in_hand": row.jobs_in_hand,
-            "live": is_live(row, now),
-        }
-        for row in rows
-    ]
+    records = worker_records(resources.engine(), model=wanted, include_dead=all_, now=now)
     if json_:
         typer.echo(json.dumps(records, indent=1))
         return
@@ -69,27 +41,35 @@ def workers(
             err=True,
         )
         return
-    from rich.console import Console
-    from rich.table import Table
+    from datetime import datetime
 
-    table = Table("name", "model", "device", "version", "started", "last beat", "images", "in hand")
-    for row, record in zip(rows, records, strict=True):
-        table.add_row(
-            record["name"] + ("" if record["live"] else " (dead)"),
-            record["model"],
-            record["device"],
-            record["version"],
-            _ago(row.started_at, now),
-            _ago(row.last_beat_at, now),
-            str(record["images_done"]),
-            str(record["jobs_in_hand"]),
-        )
-    Console().print(table)
+    from status.labels import ago
+
+    columns = [Column(name) for name in ("name", "model", "device", "version", "started",
+                                         "last beat", "images", "in hand")]  # fmt: skip
+    print_table(
+        columns,
+        (
+            [
+                record["name"] + ("" if record["live"] else " (dead)"),
+                record["model"],
+                record["device"],
+                record["version"],
+                ago(datetime.fromisoformat(record["started_at"]), now),
+                ago(datetime.fromisoformat(record["last_beat_at"]), now),
+                str(record["images_done"]),
+                str(record["jobs_in_hand"]),
+            ]
+            for record in records
+        ),
+        wide=wide,
+    )
 
 
 def submissions(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    wide: Wide = False,
 ) -> None:
     """Recent submissions: id, file, owner, model, created, progress, share of the fleet, rate."""
     from status.summary import summarize
@@ -102,26 +82,27 @@ def submissions(
     if json_:
         typer.echo(json.dumps(records, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
+    columns = [Column("id", short=8), *(Column(name) for name in
+               ("file", "owner", "model", "created", "done", "failed", "open", "share",
+                "images/s"))]  # fmt: skip
+    print_table(columns, (_submission_row(record) for record in records), wide=wide)
 
-    table = Table("id", "file", "owner", "model", "created", "done", "failed", "open", "share",
-                  "images/s")  # fmt: skip
-    for summary, record in zip(summaries, records, strict=True):
-        rate = summary.images_per_s
-        table.add_row(
-            summary.id[:8],
-            summary.source,
-            summary.owner,
-            ", ".join(summary.models),
-            record["created_at"][:19].replace("T", " "),
-            f"{summary.done}/{summary.job_count}",
-            str(summary.counts["failed"]),
-            str(summary.open),
-            " ".join(f"{100 * share:.0f}%" for share in summary.shares.values()) or "-",
-            "-" if rate is None else f"{rate:.2f}",
-        )
-    Console().print(table)
+
+def _submission_row(record: dict[str, Any]) -> list[str]:
+    rate = record["images_per_s"]
+    shares = " ".join(f"{100 * share:.0f}%" for share in record["shares"].values())
+    return [
+        record["id"],
+        record["source"],
+        record["owner"],
+        ", ".join(record["models"]),
+        record["created_at"][:19].replace("T", " "),
+        f"{record['done']}/{record['job_count']}",
+        str(record["counts"]["failed"]),
+        str(record["open"]),
+        shares or "-",
+        "-" if rate is None else f"{rate:.2f}",
+    ]
 
 
 def register(app: typer.Typer) -> None:

@@ -11,12 +11,13 @@ import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from core.settings import get_settings
 from loopfree import resources
+from loopfree.commands.tables import Column, Wide, print_table
 
 
 class Format(str, Enum):
@@ -38,7 +39,7 @@ def status(
 
     found = lookup(resources.engine(), identifier)
     if not isinstance(found, SubmissionSummary):
-        typer.echo(json.dumps({"kind": "job", **found}, indent=2, default=str))
+        typer.echo(json.dumps({"kind": "job", **found} if json_ else found, indent=2, default=str))
         return
     if json_:
         typer.echo(json.dumps({"kind": "submission", **found.as_dict()}, indent=2))
@@ -72,12 +73,14 @@ def jobs(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many.")] = None,
     format: Annotated[Format, typer.Option()] = Format.table,
+    json_: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    wide: Wide = False,
 ) -> None:
     """List jobs from the database (streamed: the first line comes at once, whatever the size)."""
     from status.queries import list_jobs
 
     records = list_jobs(resources.engine(), submission_id=submission, stage=status_, limit=limit)
-    if format is Format.json:
+    if json_ or format is Format.json:
         _write_json_array(records)
     elif format is Format.csv:
         from status.queries import JOB_FIELDS
@@ -93,25 +96,30 @@ def jobs(
             for record in records
         )
     else:
-        from rich.console import Console
-        from rich.table import Table
+        print_table(JOB_COLUMNS, (_job_row(record) for record in records), wide=wide)
 
-        table = Table(
-            "id", "submission", "line", "status", "prio", "seed", "size", "prompt", "image / error"
-        )
-        for record in records:
-            table.add_row(
-                record["id"][:8],
-                record["submission_id"][:8],
-                str(record["line_number"]),
-                record["status"],
-                record["priority_name"],
-                str(record["seed"]),
-                f"{record['width']}x{record['height']}",
-                record["prompt"][:40],
-                record["image_uri"] or record["error"] or "",
-            )
-        Console().print(table)
+
+# Ids show their first 8 characters and prompts 40 on a terminal; plain rows show them whole.
+JOB_COLUMNS = [
+    Column("id", short=8), Column("submission", short=8), Column("line"), Column("status"),
+    Column("priority"), Column("seed"), Column("size"), Column("prompt", short=40),
+    Column("image / error"),
+]  # fmt: skip
+
+
+def _job_row(record: dict[str, Any]) -> list[str]:
+    return [
+        record["id"],
+        record["submission_id"],
+        str(record["line_number"]),
+        record["status"],
+        record["priority_name"],
+        str(record["seed"]),
+        f"{record['width']}x{record['height']}",
+        record["prompt"],
+        record["image_uri"] or record["error"] or "",
+    ]
+
 
 
 def wait(

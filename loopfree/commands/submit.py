@@ -104,6 +104,7 @@ def submit(
     hub id the hub does not know."""
     from core.jobspec import check_owner
     from loopfree import resources
+    from producer.options import check_submission_options
     from producer.prompts import JobDefaults
     from producer.submit import plan_file, submit_file
 
@@ -123,6 +124,7 @@ def submit(
     format = input_format.value if input_format else None
     with _prompt_source(file, format) as (path, format):
         if dry_run:
+            check_submission_options(settings, webhook_url=webhook, key=key, source=path.name)
             plan = plan_file(settings, path, defaults, skip_invalid=skip_invalid, format=format)
             _report_skipped(plan.parse)
             _report_plan(plan)
@@ -177,9 +179,13 @@ def _prompt_source(file: Path, format: str | None) -> Iterator[tuple[Path, str |
         yield path, format or "txt"
 
 
-def _report_skipped(parse: ParseResult) -> None:
-    for error in parse.skipped:
+def _report_skipped(parsed: ParseResult) -> None:
+    """Each skipped line with its reason, then one line accounting for every line read."""
+    if not parsed.skipped_count:
+        return
+    for error in parsed.skipped:
         typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
+    typer.secho(parsed.summary(), fg=typer.colors.YELLOW, err=True)
 
 
 def _report_plan(plan: FilePlan) -> None:

@@ -9,7 +9,7 @@ Pages (server-rendered HTML, no scripts) and the JSON API under ``/api`` show th
     /jobs/{id}                      one job: full image, prompt, seed, timings, sha256, address
     /jobs/{id}/image                the image (PNG, WebP or JPEG), streamed from the store
     /jobs/{id}/thumb.webp           its 256 px thumbnail (made on first request, then cached)
-    /workers                        recent workers and queue stats
+    /workers                        the worker registry (live, then dead) and queue stats
     /api/submissions[/{id}[/jobs]]  /api/jobs/{id}  /api/workers    the same as JSON
     /healthz                        "ok" (liveness; needs the token like everything else)
 
@@ -141,12 +141,14 @@ class WebView:
 
     def workers(self, request: Request) -> Response:
         queue = stats(self.engine)
+        workers = views.workers_view(self.engine)
         return self.render(
             "workers.html",
-            workers=views.workers_view(self.engine),
+            workers=workers,
+            live=sum(1 for worker in workers if worker["live"]),
             stats=queue,
-            window_s=views.WORKERS_WINDOW_S,
-            refresh=any(queue["counts"][stage] for stage in views.OPEN),
+            refresh=any(queue["counts"][stage] for stage in views.OPEN)
+            or any(worker["live"] for worker in workers),
         )
 
     # -- images -------------------------------------------------------------------------------
@@ -203,7 +205,6 @@ class WebView:
         return JSONResponse(
             {
                 "workers": views.workers_view(self.engine),
-                "workers_window_s": views.WORKERS_WINDOW_S,
                 "stats": stats(self.engine),
             }
         )

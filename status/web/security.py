@@ -8,6 +8,9 @@
   an HttpOnly, SameSite=Strict cookie that holds an HMAC of the token (not the token itself), so
   the token leaves the address bar and the history and is never sent to another site. Anything
   else is answered 401.
+- **Clean text.** A query string or path that holds a NUL byte or is not UTF-8 is answered 400
+  here, saying which: no text that PostgreSQL cannot hold (NUL) or that would be silently
+  replaced (bad UTF-8) reaches a query.
 - **Inert pages.** Jinja2 autoescapes every prompt and error; as a second line, the
   Content-Security-Policy forbids scripts altogether (the pages use none) and only lets images
   and styles come from the app itself.
@@ -20,7 +23,7 @@ import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, unquote_to_bytes, urlencode
 
 from starlette.datastructures import URL
 from starlette.requests import Request
@@ -35,6 +38,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE_NAME = "loopfree_ui"
+# A token guards every prompt and image: 32 characters of `openssl rand -hex 32` carry 128 bits,
+# past any online guessing; a short, human-chosen one (a 10-letter word) is not.
+MIN_TOKEN_LENGTH = 32
+MAKE_TOKEN = "openssl rand -hex 32"
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 SECURITY_HEADERS = {
@@ -49,7 +56,7 @@ SECURITY_HEADERS = {
 
 
 class TokenRequired(UserError):
-    """``loopfree ui`` was asked to listen beyond loopback without a token."""
+    """``loopfree ui`` was asked to listen beyond loopback without a token, or with a weak one."""
 
 
 def is_loopback(host: str) -> bool:
@@ -63,14 +70,24 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to serve prompts and images to the network without a token."""
+    """Refuse to serve prompts and images to the network without a token, or with a short one."""
+    check_token(token)
     if token or is_loopback(host):
         return
     raise TokenRequired(
         f"`loopfree ui --host {host}` would serve every prompt and image to the network without "
-        "a password: set LOOPFREE_UI_TOKEN to a long random string (e.g. `openssl rand -hex 24`) "
+        f"a password: set LOOPFREE_UI_TOKEN to a long random string (`{MAKE_TOKEN}`) "
         "and open the view once with ?token=..., or bind to 127.0.0.1"
     )
+
+
+def check_token(token: str | None) -> None:
+    """A token that is set must be at least ``MIN_TOKEN_LENGTH`` characters long."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise TokenRequired(
+            f"LOOPFREE_UI_TOKEN has {len(token)} characters; it needs at least "
+            f"{MIN_TOKEN_LENGTH}, so that it cannot be guessed: make one with `{MAKE_TOKEN}`"
+        )
 
 
 def cookie_value(token: str) -> str:
@@ -82,6 +99,7 @@ class Guard:
     """ASGI middleware enforcing the rules in this module's docstring."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
+        check_token(token or None)
         self.app = app
         self.token = token or None
         self.cookie = cookie_value(self.token) if self.token else None
@@ -112,6 +130,9 @@ class Guard:
                 status_code=405,
                 headers={"Allow": "GET, HEAD"},
             )
+        problem = unclean_text(request.scope)
+        if problem is not None:
+            return self.bad_request(request, problem)
         if self.token is None or self.carries_token(request):
             return None
         offered = request.query_params.get("token")
@@ -146,6 +167,12 @@ class Guard:
         return response
 
     @staticmethod
+    def bad_request(request: Request, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=400)
+        return PlainTextResponse(message, status_code=400)
+
+    @staticmethod
     def unauthorized(request: Request) -> Response:
         message = (
             "this loopfree web view needs its token (LOOPFREE_UI_TOKEN): send "
@@ -155,3 +182,25 @@ class Guard:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message}, status_code=401, headers=headers)
         return PlainTextResponse(message, status_code=401, headers=headers)
+
+
+def unclean_text(scope: Scope) -> str | None:
+    """Why the request's path or query string cannot be used as text, or None if it can."""
+    raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the address is not valid UTF-8; percent-encode text as UTF-8"
+    if "\x00" in path:
+        return "the address contains a NUL byte (%00); remove it"
+    query = scope.get("query_string", b"")
+    try:
+        pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return "the query string is not valid UTF-8; percent-encode text as UTF-8"
+    for name, value in pairs:
+        if "\x00" in name:
+            return "a query parameter name contains a NUL byte (%00); remove it"
+        if "\x00" in value:
+            return f"query parameter {name!r} contains a NUL byte (%00); remove it"
+    return None

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from core.errors import UserError
+from status.labels import priority_name
 from status.summary import SubmissionSummary, summarize
 from status.web.thumbs import HASH_PREFIX_CHARS
+from status.workers import worker_records
 from storage.db import Engine, session_scope
-from storage.gallery import JobFilter, count_jobs, find_jobs, list_submissions, recent_workers
-from storage.models import Job, JobStatus, utcnow
+from storage.gallery import JobFilter, count_jobs, find_jobs, list_submissions
+from storage.models import Job, JobStatus
 from storage.progress import OPEN_STAGES, stage_of
 from storage.queries import get_job
 from storage.submissions import get_submission
-
-WORKERS_WINDOW_S = 300.0
-"""A worker counts as recent if it finished a job in the last five minutes (or holds one)."""
 
 SUBMISSIONS_PER_PAGE = 25
 JOBS_PER_PAGE = 100
@@ -175,20 +174,10 @@ def job_detail(engine: Engine, job_id: str) -> dict[str, Any]:
 
 
 def workers_view(engine: Engine) -> list[dict[str, Any]]:
-    """Workers the jobs table has seen lately (there is no worker registry yet)."""
-    since = utcnow() - timedelta(seconds=WORKERS_WINDOW_S)
-    with session_scope(engine) as session:
-        seen = recent_workers(session, since)
-    return [
-        {
-            "name": worker.name,
-            "model": worker.model,
-            "last_seen": _iso(worker.last_seen),
-            "running": worker.running,
-            "finished_recently": worker.finished_recently,
-        }
-        for worker in seen
-    ]
+    """The worker registry: live workers first, then those that died in the last day, each by
+    model and name (``status.workers``: the records ``loopfree workers --all --json`` prints)."""
+    records = worker_records(engine, include_dead=True)
+    return sorted(records, key=lambda record: not record["live"])
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -206,6 +195,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "steps": job.steps,
         "model": job.model,
         "priority": job.priority,
+        "priority_name": priority_name(job.priority),
         "status": stage_of(job),
         "attempts": job.attempts,
         "worker": job.worker,

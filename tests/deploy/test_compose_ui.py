@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from status.web.security import MIN_TOKEN_LENGTH
 from tests.harness import REPO_ROOT, free_port, port_open, wait_until
 
 from .helpers import interpolate
@@ -24,7 +25,8 @@ def test_the_ui_runs_on_the_cli_image_behind_a_token_and_publishes_on_localhost(
     assert command[:2] == ["loopfree", "ui"]
     host, port = command[command.index("--host") + 1], command[command.index("--port") + 1]
     assert host == "0.0.0.0"  # reachable through the published port...
-    assert interpolate(str(ui["environment"]["LOOPFREE_UI_TOKEN"]))  # ...so a token is set
+    # ...so a token is set, long enough for `loopfree ui` to accept it
+    assert len(interpolate(str(ui["environment"]["LOOPFREE_UI_TOKEN"]))) >= MIN_TOKEN_LENGTH
     assert ui["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert ui["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert ui["restart"] == "unless-stopped"
@@ -40,7 +42,7 @@ def run_healthcheck(compose: dict[str, Any], port: int, token: str) -> int:
 
 
 def test_the_ui_healthcheck_passes_with_the_token_and_fails_without_it(compose, tmp_path: Path):
-    port, token = free_port(), "deploy-test-token"
+    port, token = free_port(), "deploy-test-token-0123456789abcdef"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LOOPFREE_")},
         "LOOPFREE_HOME": str(tmp_path / "home"),

@@ -72,3 +72,13 @@ def test_unhealthy_when_nothing_listens():
     result = run(env={"LOOPFREE_METRICS_PORT": str(free_port())})
     assert result.returncode == 1
     assert "did not answer" in result.stderr
+
+
+def test_its_default_port_is_the_workers_default_metrics_port():
+    import re
+
+    from core.settings import Settings
+
+    text = (DOCKER / "healthcheck.py").read_text()
+    [port] = re.findall(r"^DEFAULT_METRICS_PORT = (\d+)$", text, re.MULTILINE)
+    assert int(port) == Settings.model_fields["metrics_port"].default

@@ -114,17 +114,52 @@ def test_csv_columns_become_fields_and_the_metadata_column_holds_json() -> None:
     assert second.spec.seed == 1001 and second.spec.priority == 2 and second.spec.height is None
 
 
-def test_a_csv_record_spanning_lines_is_numbered_by_its_first_line() -> None:
-    text = 'prompt,seed\n"a fox\nin snow",1\n\n,\nramen,x\n'
+def test_a_csv_field_cannot_span_lines_and_each_line_is_judged_alone() -> None:
+    text = 'prompt,seed\n"a fox\nin snow",1\n\n,\nramen,x\nramen,2\n'
 
-    with pytest.raises(PromptFileError) as info:
-        parse(text, "csv")
+    errors = bad_lines(text, "csv")
 
-    assert info.value.errors == (
-        LineError(6, "seed must be a whole number, not 'x'; fix its value"),
-    )
+    assert set(errors) == {2, 3, 6}
+    assert errors[2].startswith("a quoted field opens on this line and is not closed before")
+    assert "a CSV field cannot span lines" in errors[2] and '""' in errors[2]
+    assert "looks like the rest of line 2's field" in errors[3]  # its odd quote closes line 2's
     result = parse(text, "csv", skip_invalid=True)
-    assert [(job.line_number, job.spec.prompt) for job in result.jobs] == [(2, "a fox\nin snow")]
+    assert [(job.line_number, job.spec.prompt) for job in result.jobs] == [(7, "ramen")]
+    assert result.skipped_line_numbers == (2, 3, 6)
+
+
+def test_an_unclosed_quote_costs_its_own_line_and_no_other() -> None:
+    """The audit's file: one broken quote among 9,998 prompts took 5,794 valid lines with it."""
+    rows = [f"prompt number {i} of a red fox,{i}" for i in range(9_998)]
+    rows[2] = '"a prompt whose quote never closes,2'
+    text = "prompt,seed\n" + "\n".join(rows) + "\n"
+
+    result = parse(text, "csv", skip_invalid=True)
+
+    assert len(result.jobs) == 9_997 and result.skipped_line_numbers == (4,)
+    assert [job.line_number for job in result.jobs] == [n for n in range(2, 10_000) if n != 4]
+    assert (result.lines_read, result.lines_accepted, result.skipped_count) == (9_999, 9_997, 1)
+    assert result.summary() == (
+        "<input>: 9,999 line(s) read, 9,997 accepted (9,997 job(s)), 1 skipped (line 4)"
+    )
+
+
+def test_a_quoted_field_may_hold_commas_and_doubled_quotes_on_its_line() -> None:
+    text = 'prompt,seed\n"a fox, ""asleep"" in snow",1\n"ramen",2\n'
+
+    result = parse(text, "csv")
+
+    assert [job.spec.prompt for job in result.jobs] == ['a fox, "asleep" in snow', "ramen"]
+
+
+def test_every_line_read_is_accounted_for_in_the_summary() -> None:
+    text = 'prompt,num_images\n\na fox,3\n,\nramen,0\nsoup,\n'
+
+    result = parse(text, "csv", skip_invalid=True)
+
+    assert (result.lines_read, result.lines_accepted, len(result.jobs)) == (6, 2, 4)
+    assert result.skipped_line_numbers == (5,) and result.skipped_count == 1
+    assert result.summary().endswith("6 line(s) read, 2 accepted (4 job(s)), 1 skipped (line 5)")
 
 
 def test_a_utf8_byte_order_mark_is_ignored() -> None:
@@ -288,7 +323,7 @@ BAD_CSV_ROWS = {
     "too many fields": ("a fox,1,2", "row has 3 fields but the header has 2 columns"),
     "seed not a number": ("a fox,ten", "seed must be a whole number, not 'ten'"),
     "seed with unicode digits": ("a fox,\u0663", "seed must be a whole number"),
-    "unterminated quote": ('"a fox,1', "CSV record cannot be read"),
+    "unterminated quote": ('"a fox,1', "is not closed before the line ends"),
     "text after closing quote": ('"a fox"x,1', "CSV record cannot be read"),
     "empty prompt": (",1", "prompt is empty"),
 }

@@ -119,7 +119,7 @@ def test_an_option_longer_than_its_column_is_one_line_before_anything_is_written
     env = {**home_env, "LOOPFREE_WEBHOOK_ALLOW": "hooks.example"}
     done = run_cli(["submit", str(prompts), option, value], env)
     assert done.returncode == 2
-    assert f"at most {column}" in done.stderr and "Traceback" not in done.stderr
+    assert f"the limit is {column}" in done.stderr and "Traceback" not in done.stderr
     listed = run_cli(["submissions", "--json"], env)
     assert json.loads(listed.stdout) == []
 

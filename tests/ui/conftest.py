@@ -245,6 +245,39 @@ def served_with_token(rendered_run: RenderedRun) -> Iterator[tuple[ServedApp, st
         yield app, token
 
 
+LIVE_WORKER = "loopfree-worker@gpu-a:101"
+DEAD_WORKER = "loopfree-worker@gpu-b:202"
+
+
+@pytest.fixture(scope="module")
+def registry_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
+    """The web view of a fresh embedded home whose worker registry holds one live worker (3 jobs
+    in hand, 120 images done) and one that stopped beating two hours ago, as
+    ``storage.workers`` records them for a real worker."""
+    from datetime import timedelta
+
+    from migrations.runner import upgrade
+    from storage.models import utcnow
+    from storage.workers import WorkerInfo, announce, beat
+
+    settings = Settings(home=tmp_path_factory.mktemp("ui-registry") / "home")
+    settings.ensure_home()
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    long_ago = utcnow() - timedelta(hours=2)
+    with session_scope(engine) as session:
+        for name, device, when in ((LIVE_WORKER, "cuda:0", None), (DEAD_WORKER, "cpu", long_ago)):
+            info = WorkerInfo(
+                name=name, model="senmaonk/loopfree-sd1.5", queue="q", host=name.split("@")[1][:5],
+                pid=int(name.rsplit(":", 1)[1]), version="9.8.7", device=device, ttl_s=30,
+            )  # fmt: skip
+            announce(session, info, now=when)
+        beat(session, LIVE_WORKER, images_done=120, jobs_in_hand=3)
+    engine.dispose()
+    with ServedApp(settings) as app:
+        yield app
+
+
 # -- the browser ---------------------------------------------------------------------------------
 
 

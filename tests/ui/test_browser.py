@@ -15,7 +15,14 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from storage.models import JobStatus
-from tests.ui.conftest import PERCENT_PROMPT, SCRIPT_PROMPT, RenderedRun, ServedApp
+from tests.ui.conftest import (
+    DEAD_WORKER,
+    LIVE_WORKER,
+    PERCENT_PROMPT,
+    SCRIPT_PROMPT,
+    RenderedRun,
+    ServedApp,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -193,14 +200,25 @@ def test_the_job_page_shows_the_full_image_and_its_record(
     assert browser.find_element(By.ID, "prompt").text == job.prompt
 
 
-def test_the_workers_page_names_the_worker_that_rendered_the_run(
-    browser, served: ServedApp, rendered_run: RenderedRun, artifacts: Path
+def test_the_workers_page_shows_the_queue_and_that_the_stopped_worker_left(
+    browser, served: ServedApp, rendered_run: RenderedRun
 ):
     open_page(browser, f"{served.url}/workers")
-    shot(browser, artifacts, rendered_run, "workers")
-    workers = browser.find_element(By.ID, "workers").text
-    assert rendered_run.worker_name in workers
+    assert "No worker is registered" in browser.find_element(By.ID, "no-workers").text
     assert page_counts(browser, "#stats") == rendered_run.counts()
+
+
+def test_the_workers_page_marks_each_registered_worker_live_or_dead(
+    browser, registry_app: ServedApp, artifacts: Path
+):
+    open_page(browser, f"{registry_app.url}/workers")
+    browser.save_screenshot(str(artifacts / "ui-workers-registry.png"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")
+    cells = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    states = [(row[0], row[1].lower()) for row in cells]
+    assert states == [(LIVE_WORKER, "live"), (DEAD_WORKER, "dead")]
+    live = cells[0]
+    assert live[3] == "cuda:0" and live[4] == "9.8.7" and live[6] == "3" and live[8] == "120"
 
 
 def test_with_a_token_the_browser_is_refused_until_it_opens_a_page_with_it(
@@ -218,6 +236,6 @@ def test_with_a_token_the_browser_is_refused_until_it_opens_a_page_with_it(
     assert all(image["width"] > 0 for image in wait_images_in_view(browser))
     shot(browser, artifacts, rendered_run, "token-accepted")
     open_page(browser, f"{app.url}/workers")  # the cookie carries on to other pages
-    assert rendered_run.worker_name in browser.find_element(By.ID, "workers").text
+    assert page_counts(browser, "#stats") == rendered_run.counts()
     cookie = browser.get_cookie("loopfree_ui")
     assert cookie["httpOnly"] and cookie["value"] != token

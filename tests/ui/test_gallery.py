@@ -22,7 +22,6 @@ from storage.gallery import (
     count_jobs,
     escape_like,
     find_jobs,
-    recent_workers,
     status_counts_for,
     succeeded_since_for,
 )
@@ -131,22 +130,6 @@ def test_a_page_of_jobs_is_in_position_order_and_counts_match_the_filter(engine)
     assert counts[submission][JobStatus.QUEUED] == 210
     assert counts[other] == {**dict.fromkeys(JobStatus, 0), JobStatus.QUEUED: 5}
     assert recent == {submission: 38, other: 0}
-
-
-def test_recent_workers_are_those_holding_or_lately_finishing_jobs(engine):
-    submission = add_submission(engine, 6)
-    finish(engine, submission, range(0, 3))
-    with session_scope(engine) as session:
-        ids = [job_id_for(submission, p) for p in (3, 4)]
-        transitions.claim_jobs(session, ids, worker="w2", batch_id="b2", batch_size=2)
-    with session_scope(engine) as session:
-        seen = {w.name: w for w in recent_workers(session, utcnow() - timedelta(minutes=5))}
-        later = recent_workers(session, utcnow() + timedelta(minutes=5))
-    assert set(seen) == {"w1", "w2"}
-    assert (seen["w1"].running, seen["w1"].finished_recently) == (0, 3)
-    assert (seen["w2"].running, seen["w2"].finished_recently) == (2, 0)
-    assert seen["w2"].last_seen is not None and seen["w2"].last_seen.tzinfo is not None
-    assert [w.name for w in later] == ["w2"]  # still holding jobs, however long ago it finished
 
 
 def test_an_open_submission_pages_its_grid_and_reloads_itself_until_nothing_is_open(

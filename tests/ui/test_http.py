@@ -14,15 +14,24 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
+from core.errors import UserError
+from status.web.app import create_app
 from storage.models import JobStatus
 from storage.objects import open_store
 from tests.harness import REPO_ROOT, free_port, port_open, run_cli, wait_until
-from tests.ui.conftest import PERCENT_PROMPT, RenderedRun, ServedApp
+from tests.ui.conftest import (
+    DEAD_WORKER,
+    LIVE_WORKER,
+    PERCENT_PROMPT,
+    RenderedRun,
+    ServedApp,
+)
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "a-long-random-test-token-4b1f"
+TOKEN = "a-long-random-test-token-4b1f-9c2e-77d0"
 
 
 @pytest.fixture()
@@ -96,6 +105,22 @@ def test_off_loopback_the_view_refuses_to_start_without_a_token(tmp_path: Path):
     assert "set LOOPFREE_UI_TOKEN" in done.stderr
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_a_short_token_is_refused_in_one_line_saying_how_to_make_one(tmp_path: Path, host: str):
+    env = {"LOOPFREE_HOME": str(tmp_path / "home"), "LOOPFREE_UI_TOKEN": "0123456789"}
+    done = run_cli(["ui", "--host", host, "--port", str(free_port())], env, timeout=60)
+    assert done.returncode == 2, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has 10 characters" in lines[0] and "at least 32" in lines[0]
+    assert "openssl rand -hex 32" in lines[0]
+
+
+def test_the_app_itself_refuses_a_short_token(rendered_run: RenderedRun):
+    short = rendered_run.settings.model_copy(update={"ui_token": SecretStr("x" * 31)})
+    with pytest.raises(UserError, match="at least 32"):
+        create_app(short)
+
+
 def test_the_view_is_read_only(served: ServedApp, rendered_run: RenderedRun):
     before = rendered_run.counts()
     job = rendered_run.jobs[0]
@@ -145,7 +170,7 @@ def test_the_json_api_pages_and_filters_what_the_database_holds(
             job.image_uri,
         )
         workers = client.get("/api/workers").json()
-        assert [w["name"] for w in workers["workers"]] == [rendered_run.worker_name]
+        assert workers["workers"] == []  # its worker stopped cleanly: it left the registry
         assert workers["stats"]["counts"] == rendered_run.counts()
 
         assert client.get(f"{base}/jobs", params={"status": "done"}).status_code == 400
@@ -180,3 +205,62 @@ def test_images_come_through_the_app_and_thumbnails_are_cached_webp(
     cached = list((settings.home_dir / "cache" / "thumbs").rglob(f"{job.id}-*.webp"))
     assert len(cached) == 1 and cached[0].read_bytes() == thumb.content == again.content
     assert job.image_sha256[:16] in cached[0].name  # a re-rendered image gets a new thumbnail
+
+
+@pytest.mark.parametrize(
+    ("address", "named"),
+    [
+        ("/submissions/{sub}?q=%00", "query parameter 'q' contains a NUL byte"),
+        ("/api/submissions/{sub}/jobs?q=fox%00", "query parameter 'q' contains a NUL byte"),
+        ("/api/submissions/{sub}/jobs?status=%00", "query parameter 'status' contains a NUL"),
+        ("/?page=%00", "query parameter 'page' contains a NUL byte"),
+        ("/api/submissions?x%00y=1", "a query parameter name contains a NUL byte"),
+        ("/submissions/{sub}?q=%ff%fe", "the query string is not valid UTF-8"),
+        ("/api/submissions/{sub}/jobs?q=caf%e9", "the query string is not valid UTF-8"),
+        ("/jobs/%00abc", "the address contains a NUL byte"),
+        ("/api/jobs/ab%ffcd", "the address is not valid UTF-8"),
+    ],
+)
+def test_nul_bytes_and_broken_utf8_in_a_request_are_a_400_saying_so(
+    served: ServedApp, rendered_run: RenderedRun, address: str, named: str
+):
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        answer = client.get(address.replace("{sub}", rendered_run.submission_id))
+    assert answer.status_code == 400, answer.text
+    shown = answer.json()["error"] if address.startswith("/api/") else answer.text
+    assert named in shown and "\n" not in shown.strip()
+
+
+def test_text_that_is_clean_utf8_still_filters(served: ServedApp, rendered_run: RenderedRun):
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        answer = client.get(
+            f"/api/submissions/{rendered_run.submission_id}/jobs", params={"q": "fox ❄"}
+        )
+    assert answer.status_code == 200 and answer.json()["total"] == 0
+
+
+def test_priorities_show_by_name_and_json_keeps_the_number(
+    served: ServedApp, rendered_run: RenderedRun
+):
+    job = rendered_run.jobs[0]
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        page = client.get(f"/jobs/{job.id}")
+        record = client.get(f"/api/jobs/{job.id}").json()
+    assert page.status_code == 200 and "priority normal" in page.text
+    assert (record["priority"], record["priority_name"]) == (5, "normal")
+
+
+def test_the_workers_page_and_api_read_the_registry_live_and_dead(registry_app: ServedApp):
+    with httpx.Client(base_url=registry_app.url, timeout=30) as client:
+        listed = client.get("/api/workers").json()["workers"]
+        page = client.get("/workers")
+    assert [(w["name"], w["live"]) for w in listed] == [(LIVE_WORKER, True), (DEAD_WORKER, False)]
+    live, dead = listed
+    assert (live["device"], live["version"], live["jobs_in_hand"], live["images_done"]) == (
+        "cuda:0", "9.8.7", 3, 120,
+    )  # fmt: skip
+    assert live["last_beat_age_s"] < 600 and dead["last_beat_age_s"] >= 7200
+    assert page.status_code == 200 and "no worker registry" not in page.text
+    assert f'data-worker="{LIVE_WORKER}" data-live="true"' in page.text
+    assert f'data-worker="{DEAD_WORKER}" data-live="false"' in page.text
+    assert ">dead</span>" in page.text and "1 live." in page.text
