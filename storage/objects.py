@@ -16,6 +16,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -98,6 +99,15 @@ class ObjectStore(ABC):
         """``put`` for PNG bytes the caller has not hashed (tests, benchmarks, tools)."""
         return self.put(
             key, data, content_type=PNG_CONTENT_TYPE, sha256=sha256_hex(data), metadata=metadata
+        )
+
+    def put_file(self, key: str, path: Path, *, content_type: str) -> StoredObject:
+        """Store the file at ``path`` under ``key`` (exports write shards of up to a GB this
+        way). Here: ``put`` of its bytes; a backend that can send a file in parts without
+        holding it (S3) overrides this, so memory does not grow with the file."""
+        data = path.read_bytes()
+        return self.put(
+            key, data, content_type=content_type, sha256=sha256_hex(data), metadata={}
         )
 
     def probe(self) -> None:
