@@ -23,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-STAGES = ("producer", "worker", "status", "fleet")
+STAGES = ("producer", "worker", "status", "fleet", "export")
 PACKAGES = ("core", "storage", "migrations", "taskqueue", *STAGES, "loopfree")
 
 # Which project packages each package may import (besides itself). Keep in step with the table in
@@ -34,6 +34,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "migrations": frozenset({"core", "storage"}),
     "taskqueue": frozenset({"core"}),
     **{stage: frozenset({"core", "storage", "taskqueue"}) for stage in STAGES},
+    # An export reads rows and objects; it never publishes, so it needs no broker.
+    "export": frozenset({"core", "storage"}),
     "loopfree": frozenset(PACKAGES) - {"loopfree"},
 }
 
@@ -54,6 +56,8 @@ CONFINED: dict[str, tuple[str, ...]] = {
     "transformers": MODEL_PACKAGES,
     "accelerate": MODEL_PACKAGES,
     "safetensors": MODEL_PACKAGES,
+    # The [export] extra: only `loopfree export` may need it, so the slim install works without.
+    "pyarrow": ("export",),
 }
 MODEL_STACK = tuple(name for name, where in CONFINED.items() if where == MODEL_PACKAGES)
 
