@@ -117,7 +117,7 @@ class _Export:
         if self.on_plan is not None:
             self.on_plan(self.plan.total(self.engine), self.state)
         self.destination.clear_staging()
-        ordinal = self.state.samples
+        ordinal = first = self.state.samples
         written_bytes = 0
         shard: _OpenShard | None = None
         skipped: Counter[str] = Counter()  # before the open shard's first sample
@@ -143,7 +143,7 @@ class _Export:
                 assert item.reason is not None
                 (shard.skipped if shard is not None else skipped)[item.reason] += 1
             last = Cursor(item.job.submission_id, item.job.position)
-            self.progress(looked, ordinal - self.state.samples, written_bytes)
+            self.progress(looked, ordinal - first, written_bytes)
         if shard is not None:
             assert last is not None
             self._finish(shard, last)

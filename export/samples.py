@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 from storage.models import Job, JobStatus
@@ -83,7 +82,10 @@ class ExportJob:
     def extension(self) -> str:
         """The stored image's own suffix (``png``, ``webp``, ``jpg``): it is copied, not
         re-encoded, so the file keeps the format it was rendered in."""
-        return (PurePosixPath(self.image_uri or "").suffix or ".png").lstrip(".")
+        # Plain string work, not PurePosixPath: on Python 3.11 pathlib interns every part of
+        # every path it parses, a table that would grow by one entry per image exported.
+        name = (self.image_uri or "").rsplit("/", 1)[-1]
+        return name.rsplit(".", 1)[1] if "." in name else "png"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -124,10 +125,13 @@ class ImageFolderShard(ShardWriter):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         path.mkdir(parents=True)
+        self.folder = str(path)
         self._metadata = (path / METADATA_FILE).open("w", encoding="utf-8")
 
     def add(self, sample: Sample) -> None:
-        (self.path / sample.file_name).write_bytes(sample.data)
+        # os.path, not a Path per image: Python 3.11's pathlib interns every path part it parses.
+        with open(os.path.join(self.folder, sample.file_name), "wb") as file:
+            file.write(sample.data)
         row = {"file_name": sample.file_name, **sample.record()}
         row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False)
         self._metadata.write(json.dumps(row, ensure_ascii=False) + "\n")
