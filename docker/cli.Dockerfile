@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# Producer / CLI image: `loopfree submit`, `status`, `scale`, `db upgrade` (the migration job),
+# Producer / CLI image: `loopfree submit`, `status`, `export`, `scale`, `db upgrade` (migrations),
 # `loopfree metrics` (the queue exporter) and `loopfree ui` (the web view). No torch, no CUDA: a
 # few hundred MB instead of gigabytes.
 #
@@ -30,12 +30,14 @@ COPY producer ./producer
 COPY worker ./worker
 COPY status ./status
 COPY fleet ./fleet
+COPY export ./export
 COPY loopfree ./loopfree
 
-# The plain install is the producer: torch belongs to the [worker] extra. The check fails the
-# build if a base dependency drags torch in, instead of shipping a 3 GB "CLI" image. Every
-# dependency at the version CI tested (constraints/lock.txt).
-RUN pip install --no-cache-dir -c /src/constraints/lock.txt /src \
+# The plain install is the producer, plus the [export] extra (pyarrow, for `loopfree export
+# --format parquet`): torch belongs to the [worker] extra. The check fails the build if a
+# dependency drags torch in, instead of shipping a 3 GB "CLI" image. Every dependency at the
+# version CI tested (constraints/lock.txt).
+RUN pip install --no-cache-dir -c /src/constraints/lock.txt "/src[export]" \
  && if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"; then \
       echo "torch got into the CLI image: keep it out of pyproject's base dependencies ([worker] extra)" >&2; \
       exit 1; \
