@@ -1,7 +1,7 @@
 """The export: walk the plan's jobs in order, fill shards, commit each, record it, resume.
 
     jobs (keyset pages) -> fetch_in_order (bounded parallel GETs, sha256 checked)
-        -> shard writer (staged locally) -> destination.commit -> progress file
+        -> shard writer (staged locally) -> committer thread: destination.commit, progress file
 
 A shard is closed when it holds ``shard_size`` samples, or before a sample would take it past
 ``shard_bytes``; the jobs without an image met on the way are counted in the shard they fall in.
@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from core.errors import UserError
@@ -108,6 +109,9 @@ class _Export:
         self.writer_class = WRITERS[options.format]
         self.state = self._load_or_start()
         self.plan = ExportPlan(options, self.state.as_of)
+        self._committer: ThreadPoolExecutor
+        self._pending: Future[None] | None = None
+        self._skipped: Counter[str] = Counter()
 
     def run(self) -> ExportReport:
         started = time.monotonic()
@@ -117,7 +121,23 @@ class _Export:
         if self.on_plan is not None:
             self.on_plan(self.plan.total(self.engine), self.state)
         self.destination.clear_staging()
+        with ThreadPoolExecutor(1, thread_name_prefix="export-commit") as self._committer:
+            written_bytes = self._fill_shards()
+            self._wait_for_commit()
+        self.state.tail = dict(self._skipped)
+        self.state.complete = True
+        self.destination.write(STATS_FILE, _json_bytes(self.state.stats()))
+        self.destination.write(STATE_FILE, self.state.encode())
+        self.destination.clear_staging()
+        written = len(self.state.shards) - kept
+        return self._report(kept, written, written_bytes, started)
+
+    def _fill_shards(self) -> int:
+        """Every job past the cursor into shards, each handed to the committer when full;
+        returns the image bytes written. Jobs without an image before the first sample are
+        left in ``self._skipped`` for the state's tail."""
         ordinal = first = self.state.samples
+        index = len(self.state.shards)
         written_bytes = 0
         shard: _OpenShard | None = None
         skipped: Counter[str] = Counter()  # before the open shard's first sample
@@ -131,10 +151,10 @@ class _Export:
                     self._finish(shard, last)
                     shard = None
                 if shard is None:
-                    shard = self._open(len(self.state.shards), skipped)
+                    shard = self._open(index, skipped)
+                    index += 1
                     skipped = Counter()
-                job = item.job
-                shard.writer.add(Sample(sample_key(ordinal), job, item.data))
+                shard.writer.add(Sample(sample_key(ordinal), item.job, item.data))
                 ordinal += 1
                 shard.samples += 1
                 shard.bytes += len(item.data)
@@ -147,13 +167,8 @@ class _Export:
         if shard is not None:
             assert last is not None
             self._finish(shard, last)
-        self.state.tail = dict(skipped)
-        self.state.complete = True
-        self.destination.write(STATS_FILE, _json_bytes(self.state.stats()))
-        self.destination.write(STATE_FILE, self.state.encode())
-        self.destination.clear_staging()
-        written = len(self.state.shards) - kept
-        return self._report(kept, written, written_bytes, started)
+        self._skipped = skipped
+        return written_bytes
 
     def _load_or_start(self) -> ExportState:
         where = f"{self.destination.url}/{STATE_FILE}"
@@ -183,11 +198,24 @@ class _Export:
         return _OpenShard(name, writer, skipped=Counter(skipped))
 
     def _finish(self, shard: _OpenShard, last: Cursor) -> None:
+        """Close the shard and hand it to the committer, which uploads it while the next one
+        fills (on S3, a shard's upload would otherwise stall the fetches). One commit at a
+        time, in shard order, so the progress file only ever names shards that are there."""
         shard.writer.close()
-        self.destination.commit(shard.name)
         record = ShardRecord(shard.name, shard.samples, shard.bytes, dict(shard.skipped), last)
+        self._wait_for_commit()
+        self._pending = self._committer.submit(self._commit, record)
+
+    def _commit(self, record: ShardRecord) -> None:
+        self.destination.commit(record.name)
         self.state.shards.append(record)
         self.destination.write(STATE_FILE, self.state.encode())
+
+    def _wait_for_commit(self) -> None:
+        """Wait for the shard being committed, if any; its error is raised here."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def _report(
         self,

@@ -16,10 +16,19 @@ from pathlib import Path
 
 def install() -> None:
     from export import writers
+    from export.run import _Export
 
     stall_after = int(os.environ["LOOPFREE_TEST_STALL_AFTER"])
     marker = Path(os.environ["LOOPFREE_TEST_STALL_MARKER"])
     added = 0
+    exports: list[_Export] = []
+    finish = _Export._finish
+
+    def remember(self, shard, last):  # type: ignore[no-untyped-def]
+        exports.append(self)
+        return finish(self, shard, last)
+
+    _Export._finish = remember  # type: ignore[method-assign]
     for writer in writers.WRITERS.values():
         original = writer.add
 
@@ -28,6 +37,10 @@ def install() -> None:
             _original(self, sample)
             added += 1
             if added == stall_after:
+                # The shard closed before this one may still be uploading on the committer
+                # thread: let it land, so the kill finds exactly the shards before this one.
+                for export in exports[-1:]:
+                    export._wait_for_commit()
                 marker.write_text(str(os.getpid()))
                 while True:
                     time.sleep(60)
