@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 from core.errors import UserError
 from core.settings import Settings
 from export.samples import CONTENT_TYPES
+from storage.local import fsync_folder
 from storage.objects import ObjectNotFound, ObjectStore, open_store, sha256_hex
 
 STAGING = ".partial"
@@ -78,7 +79,7 @@ class FolderDestination(Destination):
         final = self.root / name
         _remove(final)  # a shard committed by a run killed before it recorded it
         os.replace(self.root / STAGING / name, final)
-        _fsync_folder(self.root)
+        fsync_folder(self.root)
 
     def clear_staging(self) -> None:
         _remove(self.root / STAGING)
@@ -98,7 +99,7 @@ class FolderDestination(Destination):
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, self.root / name)
-        _fsync_folder(self.root)
+        fsync_folder(self.root)
 
     def is_empty(self) -> bool:
         if not self.root.exists():
@@ -179,11 +180,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
