@@ -178,3 +178,32 @@ def test_memory_does_not_grow_with_the_number_of_jobs_exported(
     peak_small = peak_memory_of_export(settings, small, tmp_path / "small")
     peak_large = peak_memory_of_export(settings, large, tmp_path / "large")
     assert peak_large < 1.5 * peak_small, (peak_small, peak_large)
+
+
+def test_on_a_terminal_a_progress_bar_runs_on_stderr(made_env, tmp_path: Path) -> None:
+    import pty
+
+    made, env = made_env
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loopfree.cli", "export", made.id, str(tmp_path / "out")],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env, "TERM": "xterm", "COLUMNS": "120"},
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    stdout, _ = process.communicate(timeout=120)
+    os.close(controller)
+    assert process.returncode == 0, shown.decode(errors="replace")
+    assert b"jobs \xc2\xb7" in shown and b"images" in shown  # the bar's own text
+    assert b"\xc2\xb7" not in stdout  # the summary alone on stdout
