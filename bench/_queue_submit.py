@@ -189,7 +189,7 @@ def run_whatifs(
     settings: Settings, model: Path, path: Path, defaults: JobDefaults, publish_count: int
 ) -> list[dict[str, Any]]:
     """Publishing the submission's messages once more into a throwaway queue: through Celery's
-    ``apply_async`` one message at a time (how publishing worked before ``taskqueue.redis_publish``)
+    ``apply_async`` one message at a time (how publishing worked before ``taskqueue.redis_lists``)
     and in bulk, as ``publish_jobs`` does now."""
     del path, defaults  # the publishers need only job ids
     app = make_celery(settings)

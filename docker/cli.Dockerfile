@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# Producer / CLI image: `loopfree submit`, `status`, `scale`, `db upgrade` (the migration job),
-# `loopfree metrics` (the queue exporter) and `loopfree ui` (the web view); with
-# `--build-arg EXTRAS=monitor`, Flower too. No torch, no CUDA: a few hundred MB instead of
+# Producer / CLI image: `loopfree submit`, `status`, `export`, `scale`, `db upgrade` (the
+# migration job), `loopfree metrics` (the queue exporter) and `loopfree ui` (the web view); with
+# `--build-arg EXTRAS=export,monitor`, Flower too. No torch, no CUDA: a few hundred MB instead of
 # gigabytes.
 #
 #   docker build -f docker/cli.Dockerfile -t loopfree-cli .
@@ -31,13 +31,15 @@ COPY producer ./producer
 COPY worker ./worker
 COPY status ./status
 COPY fleet ./fleet
+COPY export ./export
 COPY loopfree ./loopfree
 
-# The plain install is the producer: torch belongs to the [worker] extra. The check fails the
-# build if a base dependency drags torch in, instead of shipping a 3 GB "CLI" image. Every
-# dependency at the version CI tested (constraints/lock.txt). EXTRAS adds torch-free extras:
-# `--build-arg EXTRAS=monitor` is the Flower image of compose.yaml.
-ARG EXTRAS=""
+# The plain install is the producer, plus the [export] extra (pyarrow, for `loopfree export
+# --format parquet`): torch belongs to the [worker] extra. The check fails the build if a
+# dependency drags torch in, instead of shipping a 3 GB "CLI" image. Every dependency at the
+# version CI tested (constraints/lock.txt). EXTRAS adds more torch-free extras:
+# `--build-arg EXTRAS=export,monitor` is the Flower image of compose.yaml.
+ARG EXTRAS="export"
 RUN pip install --no-cache-dir -c /src/constraints/lock.txt "/src${EXTRAS:+[$EXTRAS]}" \
  && if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"; then \
       echo "torch got into the CLI image: keep it out of pyproject's base dependencies ([worker] extra)" >&2; \

@@ -64,6 +64,7 @@ COPY producer ./producer
 COPY worker ./worker
 COPY status ./status
 COPY fleet ./fleet
+COPY export ./export
 COPY loopfree ./loopfree
 
 # The project by absolute path (what hadolint recognises as local, not an unpinned PyPI name),

@@ -11,6 +11,7 @@ Modules, one concern each:
 - ``stats``        small aggregates for the status command and metrics
 - ``fleet_reads``  open work per model, oldest queued job, recent batch spans (fleet tools)
 - ``gallery``      bounded pages of submissions and jobs for the web view and contact sheets
+- ``selections``   chosen jobs and submissions streamed by keyset pages (export, re-roll, manifests)
 - ``workers``      the worker registry: announce, beat, retire, live workers, models served
 - ``webhooks``     the durable webhook outbox: enqueue, claim due deliveries, record outcomes
 - ``ids``          unique id prefixes (git-style) of submissions and jobs

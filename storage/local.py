@@ -88,7 +88,7 @@ class LocalStore(ObjectStore):
             except BaseException:
                 Path(temp_name).unlink(missing_ok=True)
                 raise
-            _fsync_folder(path.parent)
+            fsync_folder(path.parent)
         return StoredObject(uri=path.as_uri(), size=len(data), sha256=sha256)
 
     def get(self, uri_or_key: str) -> bytes:
@@ -129,7 +129,8 @@ class LocalStore(ObjectStore):
         return self.root / check_key(key)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` survive a power cut (fsync of the folder)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -17,6 +17,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,6 +126,15 @@ class ObjectStore(ABC):
                 f"the object store at {self.url} gave back other bytes than were written to "
                 f"{PROBE_KEY}; check LOOPFREE_STORAGE_URL and that nothing rewrites objects"
             )
+
+    def put_file(self, key: str, path: Path, *, content_type: str) -> StoredObject:
+        """Store the file at ``path`` under ``key`` (exports write shards of up to a GB this
+        way). Here: ``put`` of its bytes; a backend that can send a file in parts without
+        holding it (S3) overrides this, so memory does not grow with the file."""
+        data = path.read_bytes()
+        return self.put(
+            key, data, content_type=content_type, sha256=sha256_hex(data), metadata={}
+        )
 
     def probe(self) -> None:
         """Store a few bytes at ``PROBE_KEY``: does the store take writes again? A paused worker

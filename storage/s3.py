@@ -19,6 +19,7 @@ import hashlib
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -51,6 +52,11 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 MAX_POOL_CONNECTIONS = 64
 """HTTP connections per client: more than any upload pool we size, so no thread waits for one."""
+
+FILE_PART_BYTES = 16 * 1024 * 1024
+FILE_PART_CONCURRENCY = 4
+"""``put_file`` sends files larger than one part as a multipart upload of parts this size, this
+many at once: 64 MiB in flight at most, whatever the file's size."""
 
 MAX_PRESIGN_S = 7 * 24 * 3600
 """SigV4 presigned URLs cannot live longer than seven days."""
@@ -130,6 +136,48 @@ class S3Store(ObjectStore):
             md5 = hashlib.md5(data, usedforsecurity=False).digest()
         verify_put_reply(reply, md5=md5, sha256=digest, where=self.uri_for(key))
         return StoredObject(uri=self.uri_for(key), size=len(data), sha256=sha256)
+
+    def put_file(self, key: str, path: Path, *, content_type: str) -> StoredObject:
+        """The file at ``path``, sent by boto3's managed transfer: a multipart upload of
+        ``FILE_PART_BYTES`` parts, a few at a time, each checked by the server against the
+        SHA-256 sent with it, so a file of any size costs a few parts of memory. The reply of a
+        multipart upload holds no checksum of the whole, so the object's size is read back."""
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
+
+        object_key = self._object_key(key)
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        size = path.stat().st_size
+        transfer = TransferConfig(
+            multipart_threshold=FILE_PART_BYTES,
+            multipart_chunksize=FILE_PART_BYTES,
+            max_concurrency=FILE_PART_CONCURRENCY,
+        )
+        extra = {
+            "ContentType": content_type,
+            "Metadata": {"sha256": digest.hexdigest()},
+            "ChecksumAlgorithm": "SHA256",
+        }
+        with self._errors("uploading", object_key):
+            try:
+                self._client.upload_file(
+                    str(path), self.bucket, object_key, ExtraArgs=extra, Config=transfer
+                )
+            except S3UploadFailedError as exc:  # boto3 wraps the ClientError of a failed part
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, ClientError | BotoCoreError):
+                    raise cause from exc
+                raise
+            stored = self._client.head_object(Bucket=self.bucket, Key=object_key)
+        if stored.get("ContentLength") != size:
+            raise UploadNotVerified(
+                f"The store holds {stored.get('ContentLength')} bytes at {self.uri_for(key)} "
+                f"after an upload of {size}; retry the upload."
+            )
+        return StoredObject(uri=self.uri_for(key), size=size, sha256=digest.hexdigest())
 
     def get(self, uri_or_key: str) -> bytes:
         object_key = self._object_key(self.key_of(uri_or_key))

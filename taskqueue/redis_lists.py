@@ -21,7 +21,7 @@ What this relies on from kombu's Redis transport: a message is the JSON of the d
 channel builds (base64 body, the job id as ``headers.id``), stored with ``LPUSH`` in the queue's
 list for the priority step (``<queue><sep><step>``, or ``<queue>`` for step 0), and consumed with
 ``BRPOP``. Messages go to the default exchange, so no binding table is consulted.
-``tests/queue/test_redis_publish.py`` checks the messages and lists against ones kombu itself
+``tests/queue/test_redis_lists.py`` checks the messages and lists against ones kombu itself
 wrote, and a real worker consumes them.
 """
 

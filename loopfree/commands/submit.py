@@ -40,10 +40,11 @@ class InputFormat(str, Enum):
 
 
 def submit(
+    ctx: typer.Context,
     file: Annotated[
-        Path,
+        Path | None,
         typer.Argument(help="Prompts: .txt (one per line), .jsonl or .csv; - reads stdin."),
-    ],
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(help="Model of lines without one (default: LOOPFREE_MODEL's value)."),
@@ -97,18 +98,50 @@ def submit(
             "--new", help="A new submission even if this file was submitted with these options."
         ),
     ] = False,
+    # Re-roll (loopfree/commands/reroll.py): jobs of an earlier submission instead of FILE.
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Re-roll jobs of this submission instead of reading FILE."),
+    ] = None,
+    status_: Annotated[
+        list[str] | None,
+        typer.Option("--status", help="--from: only jobs in this status (repeatable)."),
+    ] = None,
+    jobs_: Annotated[
+        str | None, typer.Option("--jobs", help="--from: only these job ids, comma-separated.")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(help="--from: only jobs whose metadata has KEY=VALUE (repeatable)."),
+    ] = None,
+    prompt_contains: Annotated[
+        str | None, typer.Option(help="--from: only prompts containing this text.")
+    ] = None,
+    reseed: Annotated[
+        bool, typer.Option("--reseed", help="--from: new random seeds (default: the same).")
+    ] = False,
 ) -> None:
     """Validate FILE, record its jobs in the database, queue them; prints the submission id.
+    With --from ID instead: re-roll chosen jobs of that submission as a new one.
 
     Warns when no live worker serves a model it queues for (see `loopfree workers`), and refuses a
     hub id the hub does not know."""
     from core.jobspec import check_owner
     from loopfree import resources
+    from loopfree.commands.reroll import check_options, submit_from
     from producer.options import check_submission_options
     from producer.prompts import JobDefaults
     from producer.submit import plan_file, submit_file
 
     settings = get_settings()
+    check_options(ctx, rerolling=from_ is not None)
+    if from_ is not None:
+        if file is not None:
+            raise typer.BadParameter("give a prompt FILE or --from ID, not both")
+        submit_from(ctx, settings, locals())  # every option, by name
+        return
+    if file is None:
+        raise typer.BadParameter("give a prompt FILE (or - for stdin), or --from ID to re-roll")
     owner = check_owner(owner) if owner is not None else settings.resolved_owner
     defaults = JobDefaults(
         model=model or settings.model,

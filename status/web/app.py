@@ -6,6 +6,7 @@ Pages (server-rendered HTML, no scripts) and the JSON API under ``/api`` show th
     /                               submissions, newest first (?before= cursor)
     /submissions/{id}               thumbnail grid (?status=&q=, ?after=/?before= position;
                                     ?page= without filters)
+    /submissions/{id}/manifest.jsonl|.csv   its jobs' records (?status=&q=), streamed
     /jobs/{id}                      one job: full image, prompt, seed, timings, sha256, address
     /jobs/{id}/image                the image (PNG, WebP or JPEG), streamed from the store
     /jobs/{id}/thumb.webp           its 256 px thumbnail (made on first request, then cached)
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -30,13 +31,19 @@ from urllib.parse import urlencode
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from core.errors import LoopfreeError, RetryableError, UserError
 from core.settings import Settings
 from status.queries import stats
-from status.web import views
+from status.web import manifest, views
 from status.web.security import Guard
 from status.web.thumbs import HASH_PREFIX_CHARS, THUMB_PX, ThumbnailCache
 from storage.db import Engine, make_engine, session_scope
@@ -101,8 +108,13 @@ class WebView:
             job["thumb_width"], job["thumb_height"] = views.thumb_size(
                 job["width"], job["height"], THUMB_PX
             )
+        cursors = ("page", "after", "before")
+        kept = [(k, v) for k, v in request.query_params.multi_items() if k not in cursors]
+        query = urlencode(kept)
         return self.render(
             "submission.html",
+            manifest_query=f"?{query}" if query else "",
+            commands=manifest.command_lines(submission_id, wanted),
             submission=summary,
             jobs=jobs,
             page=page,
@@ -149,6 +161,29 @@ class WebView:
             stats=queue,
             refresh=any(queue["counts"][stage] for stage in views.OPEN)
             or any(worker["live"] for worker in workers),
+        )
+
+    def manifest_jsonl(self, request: Request) -> Response:
+        return self._manifest(request, "jsonl", manifest.jsonl, "application/jsonl")
+
+    def manifest_csv(self, request: Request) -> Response:
+        return self._manifest(request, "csv", manifest.csv_text, "text/csv; charset=utf-8")
+
+    def _manifest(
+        self,
+        request: Request,
+        suffix: str,
+        lines: Callable[[Engine, str, JobFilter], Iterator[str]],
+        media_type: str,
+    ) -> Response:
+        submission_id = self._id(request, "submission_id")
+        views.submission_summary(self.engine, submission_id)  # 404 for an unknown submission
+        wanted = _job_filter(request)  # a bad filter is a 400 before anything is sent
+        name = f"{submission_id[:8]}-manifest.{suffix}"
+        return StreamingResponse(
+            lines(self.engine, submission_id, wanted),
+            media_type=media_type,
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
     # -- images -------------------------------------------------------------------------------
@@ -230,6 +265,8 @@ class WebView:
         pages: dict[str, Callable[[Request], Response]] = {
             "/": self.submissions,
             "/submissions/{submission_id}": self.submission,
+            "/submissions/{submission_id}/manifest.jsonl": self.manifest_jsonl,
+            "/submissions/{submission_id}/manifest.csv": self.manifest_csv,
             "/jobs/{job_id}": self.job,
             "/jobs/{job_id}/image": self.image,
             "/jobs/{job_id}/thumb.webp": self.thumbnail,

@@ -37,7 +37,7 @@ def test_the_monitor_extra_pins_flower_at_the_locked_version() -> None:
 def test_the_flower_service_is_the_cli_image_with_the_monitor_extra(compose) -> None:
     flower = compose["services"]["flower"]
     assert flower["build"]["dockerfile"] == "docker/cli.Dockerfile"
-    assert flower["build"]["args"] == {"EXTRAS": "monitor"}
+    assert flower["build"]["args"] == {"EXTRAS": "export,monitor"}
     assert flower["profiles"] == ["monitoring"]
     assert flower["ports"] == [f"127.0.0.1:{FLOWER_PORT}:{FLOWER_PORT}"]
     assert flower["command"][:4] == ["celery", "-A", "loopfree.queue", "flower"]
@@ -47,11 +47,13 @@ def test_the_flower_service_is_the_cli_image_with_the_monitor_extra(compose) -> 
 
 
 def test_the_cli_dockerfile_installs_the_extras_it_is_given() -> None:
-    """The RUN line's own shell expansion: ``/src`` alone, or ``/src[monitor]``."""
+    """The RUN line's own shell expansion: ``/src`` alone, or ``/src[export,monitor]``, and the
+    image's default: the export extra (pyarrow, for Parquet exports)."""
     dockerfile = (DOCKER / "cli.Dockerfile").read_text()
     match = re.search(r'pip install [^\n]*?"(/src\$\{EXTRAS[^"]*)"', dockerfile)
     assert match, "cli.Dockerfile no longer installs /src with its EXTRAS"
-    for extras, expected in (("", "/src"), ("monitor", "/src[monitor]")):
+    assert 'ARG EXTRAS="export"' in dockerfile
+    for extras, expected in (("", "/src"), ("export,monitor", "/src[export,monitor]")):
         shown = subprocess.run(
             ["sh", "-c", f'printf %s "{match.group(1)}"'],
             env={"EXTRAS": extras},

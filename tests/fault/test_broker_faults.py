@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from kombu import Producer
-from taskqueue.redis_publish import MessageTemplate
 
 from taskqueue.app import make_celery, model_queue, publish_jobs
 from taskqueue.dead_letters import DEAD_LETTERS_KEY
+from taskqueue.redis_lists import MessageTemplate
 from tests.fault.conftest import open_fleet, private_redis
 from tests.fault.fleet import Fleet, rows
 from tests.fault.reconcile import assert_reconciled

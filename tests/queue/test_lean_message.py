@@ -1,6 +1,6 @@
 """A waiting job costs at most 1 KiB of Redis memory, and its message is still Celery's: the
 same from the bulk publisher and from ``apply_async``, with the headers a worker requires.
-A real worker consuming these messages: ``test_end_to_end.py`` and ``test_redis_publish.py``."""
+A real worker consuming these messages: ``test_end_to_end.py`` and ``test_redis_lists.py``."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ def test_the_eta_helpers_maxwaitbatches_uses_exist():
     assert callable(timezone.to_system)
 
 
-# -- kombu's Redis transport (taskqueue/redis_publish.py, taskqueue/app.py) ----------------------
+# -- kombu's Redis transport (taskqueue/redis_lists.py, taskqueue/app.py) ----------------------
 
 
 def test_kombus_redis_channel_accepts_every_transport_option_we_set(tmp_path):
