@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.webhooks import WebhookPolicy
 
 DEFAULT_MODEL = "senmaonk/loopfree-sd1.5"
+LIVE_BEATS = 3
+"""Heartbeats a live worker may miss (``Settings.live_for_s``)."""
 
 
 class Settings(BaseSettings):
@@ -168,6 +170,13 @@ class Settings(BaseSettings):
     # A failed delivery is retried with backoff (10 s doubling, capped at 10 min) until this long
     # after the submission finished; the first attempt that fails after that gives up.
     webhook_retry_s: float = Field(default=3600.0, ge=0)
+
+    @property
+    def live_for_s(self) -> float:
+        """How long a worker counts as live after its last heartbeat: three beats, so one slow
+        or missed beat never counts it dead. Its registry row, and the messages it vouches for
+        (``fleet.reconcile``), go stale after this."""
+        return LIVE_BEATS * self.heartbeat_s
 
     @property
     def resolved_owner(self) -> str:

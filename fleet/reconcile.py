@@ -9,10 +9,11 @@ twice (``storage.jobs`` guards every claim). One pass:
    goes back to ``queued``, in the window, and its message is published again.
 2. **Lost messages in the window.** A window job (queued, with a message: ``fleet.dispatch``) is
    vouched for by the broker while its message waits there, and by a live worker while the worker
-   holds it unclaimed (it refreshes ``jobs.dispatched_at`` with its heartbeat). One whose
-   ``dispatched_at`` is older than ``stuck_after_s`` and whose message no longer waits in the
-   model's lists was lost: a worker died holding it, or Redis lost its data (a restart without
-   persistence, ``FLUSHALL``). It is published again. Only the window is read, SQL and Redis
+   holds it unclaimed (it refreshes ``jobs.dispatched_at`` with every heartbeat). One whose
+   ``dispatched_at`` is older than ``lost_after_s`` (a worker's three beats,
+   ``Settings.live_for_s``) and whose message no longer waits in the model's lists was lost: a
+   worker died holding it, or Redis lost its data (a restart without persistence, ``FLUSHALL``).
+   It is published again. Only the window is read, SQL and Redis
    alike: a few thousand rows and messages per model at most, however long the backlog.
 3. **Cancelled submissions** still holding queued rows (``loopfree cancel`` moves what it can in a
    few seconds) have the next chunk of them moved to ``cancelled``, in a short transaction.
@@ -65,8 +66,9 @@ class ReconcileReport:
     window_checked: int = 0  # window jobs old enough to check
 
     def to_json(self) -> dict[str, int]:
-        """What `loopfree requeue` prints."""
-        return asdict(self)
+        """What `loopfree requeue` prints; ``published``: messages sent (released plus
+        republished)."""
+        return asdict(self) | {"published": self.released + self.republished}
 
     @property
     def changed_anything(self) -> bool:
@@ -78,6 +80,7 @@ def reconcile(
     app: Celery,
     *,
     stuck_after_s: float,
+    lost_after_s: float | None = None,
     stuck: bool = True,
     failed: bool = False,
     submission_id: str | None = None,
@@ -88,7 +91,8 @@ def reconcile(
     read, publish every stale window job again (an operator's run) or none (a worker's loop,
     which runs every few seconds and must not flood the queue with duplicates: there, one worker
     in one process holds every message it took). ``cancel_chunks``: chunks of cancelled rows to
-    move, None for all of them."""
+    move, None for all of them. ``lost_after_s``: how long nobody may have vouched for a window
+    job's message before it counts as lost (default ``stuck_after_s``)."""
     from storage.jobs import WORKER_STOPPED, release_abandoned, requeue_failed
     from storage.queries import find_stuck_running
     from storage.submissions import reopen_submissions
@@ -116,7 +120,10 @@ def reconcile(
         publish_jobs(app, released)
     checked, republished = (0, 0)
     if stuck:
-        checked, republished = _republish_lost(engine, app, cutoff, publish_when_blind)
+        lost_since = utcnow() - timedelta(
+            seconds=stuck_after_s if lost_after_s is None else lost_after_s
+        )
+        checked, republished = _republish_lost(engine, app, lost_since, publish_when_blind)
     cancelled = _finish_cancellations(engine, chunks=cancel_chunks)
     return ReconcileReport(
         released=len(released),

@@ -126,7 +126,7 @@ class ParseResult:
         """One line for people: what was read, accepted and skipped, and where."""
         text = (
             f"{self.source}: {self.lines_read:,} line(s) read, {self.lines_accepted:,} accepted "
-            f"({len(self.jobs):,} job(s)), {self.skipped_count:,} skipped"
+            f"({self.job_count or len(self.jobs):,} job(s)), {self.skipped_count:,} skipped"
         )
         if not self.skipped_count:
             return text

@@ -88,16 +88,16 @@ def submit_reroll(
     settings: Settings,
     reroll: Reroll,
     *,
-    engine: Engine,
-    app: Any,
+    engine: Engine | None = None,
+    app: Any = None,
     key: str | None = None,
     webhook_url: str | None = None,
     owner: str | None = None,
     check: Callable[[FilePlan], None] | None = None,
 ) -> SubmitReport:
     """Record the re-roll as a new submission (or find the one it already is); ``engine`` and
-    ``app`` as for ``submit_file``."""
-    with reroll_file(engine, reroll) as path:
+    ``app`` as for ``submit_file`` (without them, ones of this call's own)."""
+    with _engine_for(settings, engine) as engine, reroll_file(engine, reroll) as path:
         return submit_file(
             settings,
             path,
@@ -112,10 +112,25 @@ def submit_reroll(
         )
 
 
-def plan_reroll(settings: Settings, engine: Engine, reroll: Reroll) -> FilePlan:
+def plan_reroll(settings: Settings, reroll: Reroll, *, engine: Engine | None = None) -> FilePlan:
     """The re-roll's jobs as they would be stored, touching nothing (``--dry-run``)."""
-    with reroll_file(engine, reroll) as path:
+    with _engine_for(settings, engine) as engine, reroll_file(engine, reroll) as path:
         return plan_file(settings, path, reroll.defaults(settings), format="jsonl")
+
+
+@contextmanager
+def _engine_for(settings: Settings, engine: Engine | None) -> Iterator[Engine]:
+    """``engine``, or one of this call's own, disposed after it."""
+    if engine is not None:
+        yield engine
+        return
+    from storage.db import make_engine
+
+    own = make_engine(settings.resolved_database_url)
+    try:
+        yield own
+    finally:
+        own.dispose()
 
 
 def _write_lines(engine: Engine, reroll: Reroll, path: Path) -> tuple[int, set[str]]:

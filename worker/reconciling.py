@@ -45,7 +45,11 @@ def reconcile_once(
         if before_pass is not None:
             before_pass()
         report = reconcile(
-            engine, app, stuck_after_s=settings.stuck_after_s, publish_when_blind=False
+            engine,
+            app,
+            stuck_after_s=settings.stuck_after_s,
+            lost_after_s=settings.live_for_s,
+            publish_when_blind=False,
         )
     except Exception as error:  # noqa: BLE001 - the loop must outlive any outage
         log.warning("reconcile pass failed (will try again): %s", error)

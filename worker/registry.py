@@ -19,8 +19,6 @@ from storage.db import Engine, Session, session_scope
 
 log = logging.getLogger(__name__)
 
-TTL_BEATS = 3
-"""A worker is live while its last beat is younger than this many heartbeat intervals."""
 
 
 def package_version() -> str:
@@ -57,7 +55,7 @@ class Registration:
             pid=os.getpid(),
             version=package_version(),
             device=device,
-            ttl_s=TTL_BEATS * settings.heartbeat_s,
+            ttl_s=settings.live_for_s,
         )
         self.images_done = images_done
         self.jobs_in_hand = jobs_in_hand

@@ -147,6 +147,7 @@ def requeue(
         resources.engine(),
         resources.celery_app(),
         stuck_after_s=get_settings().stuck_after_s,
+        lost_after_s=get_settings().live_for_s,
         stuck=stuck,
         failed=failed,
         submission_id=submission,

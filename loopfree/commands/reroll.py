@@ -83,7 +83,7 @@ def submit_from(ctx: typer.Context, settings: Settings, options: dict[str, Any])
     )
     require = options["require_worker"]
     if options["dry_run"]:
-        plan = plan_reroll(settings, engine, reroll)
+        plan = plan_reroll(settings, reroll, engine=engine)
         _report_plan(plan)
         _check_models(plan, require=require)
         return

@@ -16,7 +16,7 @@ import pytest
 from core.errors import UserError
 from core.settings import Settings
 from producer.prompts import JobDefaults
-from producer.reroll import REROLLED_FROM, Reroll, plan_reroll, submit_reroll
+from producer.reroll import REROLLED_FROM, Reroll, plan_reroll, reroll_file, submit_reroll
 from producer.submit import submit_file
 from storage import jobs as transitions
 from storage.db import make_engine, session_scope
@@ -25,6 +25,7 @@ from storage.models import Job, JobStatus
 from storage.selections import JobSelection, MetadataMatch
 from storage.submissions import get_submission
 from tests.harness import REPO_ROOT, job_result
+from tests.storage.helpers import mark_succeeded
 
 LINES = [
     {"prompt": "a red fox", "metadata": {"batch": "a", "n": 1}},
@@ -75,7 +76,7 @@ def source(settings: Settings, tmp_path: Path) -> str:
             if job.position in FAILED_POSITIONS:
                 transitions.mark_failed(session, job.id, "out of memory")
             else:
-                transitions.mark_succeeded(session, job.id, job_result(job.id))
+                mark_succeeded(session, job.id, job_result(job.id))
     engine.dispose()
     return report.submission_id
 
@@ -143,12 +144,27 @@ def test_model_and_steps_can_change_and_jobs_are_chosen_by_id_metadata_and_text(
     assert {(job.model, job.steps) for job in new} == {("org/other-model", 8)}
 
     by_metadata = Reroll(source, JobSelection(metadata=(MetadataMatch.parse("batch=a"),)))
-    _, planned = plan_reroll(settings, by_metadata)
-    assert [job.spec.prompt for job in planned] == ["a red fox", "a lighthouse at dusk"]
+    assert [line["prompt"] for line in lines_of(settings, by_metadata)] == [
+        "a red fox",
+        "a lighthouse at dusk",
+    ]
+    assert plan_reroll(settings, by_metadata).jobs == 2  # the dry run counts the same
     by_text = Reroll(source, JobSelection(prompt_contains="RED FOX"))
-    _, planned = plan_reroll(settings, by_text)
-    assert [job.spec.prompt for job in planned] == ["a red fox", "a Red Fox in snow"]
-    assert planned[1].spec.seed == 7
+    planned = lines_of(settings, by_text)
+    assert [line["prompt"] for line in planned] == ["a red fox", "a Red Fox in snow"]
+    assert planned[1]["seed"] == 7
+
+
+def lines_of(settings: Settings, reroll: Reroll) -> list[dict]:
+    """The prompt lines a re-roll writes for ``submit_file``."""
+    import json
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with reroll_file(engine, reroll) as path:
+            return [json.loads(line) for line in path.read_text().splitlines()]
+    finally:
+        engine.dispose()
 
 
 def test_nothing_chosen_or_a_job_of_another_submission_submits_nothing(

@@ -21,7 +21,7 @@ from storage.selections import (
     submission_keys,
 )
 from tests.harness import job_result
-from tests.storage.helpers import add_submission
+from tests.storage.helpers import add_submission, mark_succeeded
 
 
 def test_pages_cover_every_match_in_order_even_when_whole_pages_match_nothing(engine) -> None:
@@ -50,7 +50,7 @@ def test_sql_conditions_choose_by_status_text_ids_and_finish_time(engine) -> Non
     with session_scope(engine) as session:
         transitions.claim_jobs(session, ids[:6], worker="w", batch_id="b", batch_size=6)
         for job_id in ids[:4]:
-            transitions.mark_succeeded(session, job_id, job_result(job_id))
+            mark_succeeded(session, job_id, job_result(job_id))
         transitions.mark_failed(session, ids[4], "boom", now=utcnow() - timedelta(days=2))
     by_status = JobSelection(statuses=(JobStatus.SUCCEEDED, JobStatus.FAILED))
     assert [j.id for j in iter_selected(engine, submission, by_status)] == ids[:5]

@@ -35,7 +35,7 @@ from status.web.app import create_app
 from storage.db import make_engine, session_scope
 from storage.gallery import find_jobs
 from storage.models import Job, JobStatus
-from storage.queries import count_by_status
+from storage.progress import STAGES
 from tests.conftest import REDIS_URL, redis_client, service_missing
 from tests.harness import (
     PG_ADMIN_URL,
@@ -88,14 +88,25 @@ class RenderedRun:
         return next(job for job in self.jobs if job.prompt == prompt)
 
     def counts(self) -> dict[str, int]:
-        """Jobs per status, straight from the database."""
+        """Jobs per stage, straight from the database's rows (not its counters)."""
+        from sqlalchemy import func, select
+
         engine = make_engine(self.settings.resolved_database_url)
         try:
             with session_scope(engine) as session:
-                counts = count_by_status(session, submission_id=self.submission_id)
+                statuses = dict(
+                    session.execute(
+                        select(Job.status, func.count())
+                        .where(Job.submission_id == self.submission_id)
+                        .group_by(Job.status)
+                    ).all()
+                )
         finally:
             engine.dispose()
-        return {status.value: count for status, count in counts.items()}
+        counts = {stage: 0 for stage in STAGES}
+        for status, count in statuses.items():
+            counts["claimed" if status is JobStatus.RUNNING else status.value] += count
+        return counts
 
 
 @pytest.fixture(scope="session")

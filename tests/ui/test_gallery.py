@@ -144,8 +144,15 @@ def test_an_open_submission_pages_its_grid_and_reloads_itself_until_nothing_is_o
     assert page.text.count('loading="lazy"') == 9  # only succeeded jobs have an image
     assert "broken 4" in page.text
     assert "page 1 of 3" in page.text
-    last = client.get(f"/submissions/{submission}", params={"page": 3, "q": "prompt"})
-    assert last.text.count('<li class="tile') == 245 - 200  # positions 5-249 say "prompt"
+    last = client.get(f"/submissions/{submission}", params={"page": 3})
+    assert last.text.count('<li class="tile') == 250 - 200
+    # A filtered grid pages by key: the next page starts after the last position shown.
+    first = client.get(f"/submissions/{submission}", params={"q": "prompt"})
+    assert first.text.count('<li class="tile') == 100  # positions 5-104 say "prompt"
+    following = client.get(f"/submissions/{submission}", params={"q": "prompt", "after": 104})
+    assert following.text.count('<li class="tile') == 100
+    assert 'rel="next"' in following.text and 'rel="prev"' in following.text
+    assert client.get(f"/submissions/{submission}", params={"q": "x", "page": 2}).status_code == 400
     listed = client.get("/api/submissions").json()["submissions"]
     assert [(s["id"], s["open"], s["done"]) for s in listed] == [(submission, 240, 10)]
     assert listed[0]["images_per_s"] > 0 and listed[0]["eta_s"] > 0

@@ -23,8 +23,9 @@ from starlette.testclient import TestClient
 from core.settings import Settings
 from status.queries import results
 from status.web.app import create_app
-from storage.db import Engine
+from storage.db import Engine, make_engine
 from storage.local import LocalStore
+from storage.objects import store_for
 from tests.export.conftest import make_submission
 from tests.export.readers import read_webdataset
 from tests.harness import REPO_ROOT
@@ -74,7 +75,11 @@ def test_the_jsonl_manifest_holds_the_records_of_loopfree_results(site) -> None:
     assert answer.headers["content-type"].startswith("application/jsonl")
     assert f'filename="{made.id[:8]}-manifest.jsonl"' in answer.headers["content-disposition"]
     served = [json.loads(line) for line in answer.text.splitlines()]
-    printed = list(results(settings, made.id))
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        printed = list(results(engine, store_for(settings), made.id, expiry_s=60))
+    finally:
+        engine.dispose()
     assert len(served) == len(printed) == len(made.jobs)
     for web, cli_record in zip(served, printed, strict=True):
         fields = {key: value for key, value in web.items() if key != "image_url"}
