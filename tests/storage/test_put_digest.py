@@ -1,5 +1,6 @@
 """Hash once: a store takes the caller's SHA-256 instead of hashing the bytes again. S3 sends it
-as the only checksum (no Content-MD5) and accepts the upload when the reply's checksum is ours."""
+as the only checksum (no Content-MD5), signs the payload with it, and accepts the upload when the
+reply's checksum is ours."""
 
 from __future__ import annotations
 
@@ -21,27 +22,53 @@ DIGEST = hashlib.sha256(JPEG).hexdigest()
 def test_s3_sends_the_callers_sha256_only_and_checks_the_reply(
     s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent: list[dict[str, Any]] = []
-    replies: list[dict[str, Any]] = []
-    put_object = s3_store._client.put_object
+    sent: list[Any] = []
+    replies: list[Any] = []
+    http = s3_store._put._http
+    send = http.send
 
-    def spy(**kwargs: Any) -> dict[str, Any]:
-        sent.append(kwargs)
-        replies.append(put_object(**kwargs))
+    def spy(request: Any) -> Any:
+        sent.append(request)
+        replies.append(send(request))
         return replies[-1]
 
-    monkeypatch.setattr(s3_store._client, "put_object", spy)
+    monkeypatch.setattr(http, "send", spy)
     stored = s3_store.put(
         "sub/job.jpg", JPEG, content_type="image/jpeg", sha256=DIGEST, metadata={"seed": "1"}
     )
 
     assert stored.sha256 == DIGEST and stored.size == len(JPEG)
-    assert "ContentMD5" not in sent[0]
+    (request,) = sent
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    assert "content-md5" not in headers
     checksum = base64.b64encode(bytes.fromhex(DIGEST)).decode()
-    assert sent[0]["ChecksumSHA256"] == checksum and sent[0]["ContentType"] == "image/jpeg"
+    assert headers["x-amz-checksum-sha256"] == checksum
+    assert headers["content-type"] == "image/jpeg"
+    # The payload is signed with the caller's digest: the body is not hashed a second time.
+    assert headers["x-amz-content-sha256"] == DIGEST
+    assert "x-amz-content-sha256" in headers["authorization"]
+    assert request.body == JPEG
     # The server (moto here) returned the checksum, so no MD5 fallback was needed.
-    assert replies[0]["ChecksumSHA256"] == checksum
+    assert replies[0].headers["x-amz-checksum-sha256"] == checksum
     assert s3_store.get("sub/job.jpg") == JPEG
+
+
+def test_the_put_never_hashes_the_body_again(
+    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SigV4 hashes its small canonical request; a hash of the image itself would be a second one.
+    real_sha256 = hashlib.sha256
+
+    def sha256_of_small_things(data: bytes = b"", **kwargs: Any) -> Any:
+        assert len(data) < len(JPEG), "the image was hashed a second time"
+        return real_sha256(data, **kwargs)
+
+    monkeypatch.setattr("botocore.auth.sha256", sha256_of_small_things)
+    monkeypatch.setattr("hashlib.sha256", sha256_of_small_things)
+    stored = s3_store.put("sub/again.jpg", JPEG, content_type="image/jpeg", sha256=DIGEST,
+                          metadata={})  # fmt: skip
+    monkeypatch.undo()
+    assert stored.sha256 == DIGEST and s3_store.get("sub/again.jpg") == JPEG
 
 
 def test_a_reply_checksum_that_is_not_ours_fails_even_with_a_matching_etag() -> None:
