@@ -1,8 +1,8 @@
 """S3-compatible object store (AWS S3, MinIO, Cloudflare R2, GCS's S3 API, moto) through boto3.
 
-Uploads (``put``, once per image) are signed PUTs sent through the boto3 client's own connection
-pool (``storage.s3_put``): boto3's ``put_object`` cost three times the CPU, most of it holding the
-GIL. Everything else goes through boto3.
+Uploads (``put``, once per image) go through awscrt's S3 client, which signs, sends and retries
+with the GIL released (``storage.s3_put``): boto3's ``put_object`` cost three times the CPU, most
+of it holding the GIL. Everything else goes through boto3.
 
 Uploads are verified, not trusted, and hashed once: each PUT carries ``x-amz-checksum-sha256`` of
 the bytes, the digest the caller computed when it encoded them (it also signs the payload; a
@@ -48,7 +48,7 @@ from storage.objects import (
     UploadNotVerified,
     check_key,
 )
-from storage.s3_put import SignedPut
+from storage.s3_put import Transport, new_put
 
 MAX_ATTEMPTS = 5
 """Attempts per request in botocore's "standard" retry mode (exponential backoff with jitter; the
@@ -82,7 +82,10 @@ class S3Store(ObjectStore):
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
         max_pool_connections: int = MAX_POOL_CONNECTIONS,
+        transport: Transport = "auto",
     ) -> None:
+        """``transport``: how uploads are sent (``storage.s3_put.new_put``); the others are
+        botocore's settings (the signed PUT's and the CRT client's too)."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -104,7 +107,15 @@ class S3Store(ObjectStore):
             response_checksum_validation="when_required",
         )
         self._client, credentials = _new_client(endpoint_url, config)
-        self._put = SignedPut(self._client, credentials, bucket, max_attempts=max_attempts)
+        self._put = new_put(
+            self._client,
+            credentials,
+            bucket,
+            max_attempts=max_attempts,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            transport=transport,
+        )
 
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
@@ -234,7 +245,7 @@ class S3Store(ObjectStore):
             return ObjectNotFound(f"No object at {where}.")
         if code in ("BadDigest", "InvalidDigest"):
             return UploadNotVerified(f"The store rejected a corrupted upload to {where}; retry it.")
-        if status >= 500 or code in _RETRYABLE:
+        if status >= 500 or status == 429 or code in _RETRYABLE:
             return StoreUnavailable(
                 f"Object store failed while {action} {where} ({detail}, HTTP {status}) after "
                 "retries; try again later."
