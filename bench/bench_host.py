@@ -358,7 +358,7 @@ def redis_bytes_per_job(url: str, jobs: int = 1000) -> float | None:
 
 def path_table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     parts = ("claim", "encode", "upload", "record", "finish", "other")
-    lines = ["| path | format | CPU ms/image | GIL-held ms/image | images/s (8 threads) | "
+    lines = ["| path | format | CPU ms/image | GIL-held ms/image (min-max) | images/s (8 thr.) | "
              + " | ".join(f"{p} CPU / GIL" for p in parts) + " |",
              "| --- " * (5 + len(parts)) + "|"]  # fmt: skip
     for label, runs in results.items():
@@ -369,7 +369,9 @@ def path_table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
             return statistics.median(run[kind].get(name, 0.0) for run in runs)
 
         when, fmt = label.split(" ")
-        lines.append(f"| {when} | {fmt} | {median('cpu_ms'):.2f} | {median('gil_ms'):.2f} | "
+        gil = sorted(run["gil_ms"] for run in runs)
+        lines.append(f"| {when} | {fmt} | {median('cpu_ms'):.2f} | {median('gil_ms'):.2f} "
+                     f"({gil[0]:.2f}-{gil[-1]:.2f}) | "
                      f"{median('images_per_s'):.0f} | " + " | ".join(
                          f"{part('cpu_parts', p):.2f} / {part('gil_parts', p):.2f}" for p in parts)
                      + " |")  # fmt: skip
@@ -380,7 +382,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", help="a photo to use instead of the synthetic picture")
     parser.add_argument("--images", type=int, default=256, help="jobs per measured run")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per config")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per config")
+    parser.add_argument("--formats", default="png,jpeg", help="formats of the whole path "
+                        "(webp: ~20 images/s, slow to measure)")  # fmt: skip
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -411,13 +415,14 @@ def main() -> None:
             ("before", "jpeg", "auto"), ("after", "jpeg", "auto"),
             ("before", "webp", "auto"), ("after", "webp", "auto"),
         ]  # fmt: skip
+        configs = [config for config in configs if config[1] in args.formats.split(",")]
         for round_ in range(args.rounds):
             for when, fmt, transport in configs if round_ % 2 == 0 else configs[::-1]:
                 run = measure_path(path, fmt, when == "before", args.images, transport)
                 results.setdefault(f"{when} {fmt}", []).append(run)
                 print(f"round {round_ + 1}: {when} {fmt}: {run['cpu_ms']:.2f} ms CPU, "
-                      f"{run['gil_ms']:.2f} ms GIL, {run['images_per_s']:.0f}/s",
-                      flush=True)  # fmt: skip
+                      f"{run['gil_ms']:.2f} ms GIL, {run['images_per_s']:.0f}/s, "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         assert moto._process is not None
         flow = throughput(path, moto._process.pid, png.data, png.sha256, 2 * args.images)
         path.engine.dispose()

@@ -260,6 +260,7 @@ class CrtPut:
         self._host, self._path, self._tls = base.netloc, base.path, base.scheme == "https"
         self._lock = threading.Lock()
         self._crt: Any = None
+        self._provider: Any = None
         self._crt_pid = 0
 
     def url_for(self, object_key: str) -> str:

@@ -14,7 +14,7 @@ unpacking), so eight upload threads queued for the GIL behind it. Same quality s
 Pillow's: the IJG quantization tables scaled by ``quality`` (the same tables byte for byte),
 4:2:0 chroma subsampling and the accurate integer DCT; the output decodes within 0.05 dB PSNR of
 Pillow's, at a size within 1% (bench/results/host.md). WebP stays on Pillow (libwebp): at method 0
-it costs 10-16 ms of CPU per 512 px image, five times PNG.
+it costs 9-16 ms of CPU per 512 px image, three to five times PNG.
 
 The bytes are hashed once here; the object store takes the digest instead of hashing again.
 """
