@@ -214,7 +214,8 @@ class SignedPut:
 def with_retries(attempt: Callable[[], dict[str, str]], max_attempts: int) -> dict[str, str]:
     """``attempt()`` until it returns, at most ``max_attempts`` times, as botocore's standard
     retry mode would: again after a connection failure or timeout, HTTP 5xx or 429, or a
-    transient S3 code, after a pause drawn from 0 to min(2^n, 20) s; at once otherwise."""
+    transient S3 code, after a pause drawn from 0 to min(2^(n-1), 20) s after the n-th attempt
+    (1, 2, 4, 8 s: at most 15 s over 5 attempts, as botocore); at once otherwise."""
     for number in range(1, max_attempts + 1):
         try:
             return attempt()
@@ -229,7 +230,7 @@ def with_retries(attempt: Callable[[], dict[str, str]], max_attempts: int) -> di
             retryable = status in RETRYABLE_STATUS or code in RETRYABLE_CODES
             if number == max_attempts or not retryable:
                 raise
-        time.sleep(random.random() * min(2.0**number, MAX_BACKOFF_S))
+        time.sleep(random.random() * min(2.0 ** (number - 1), MAX_BACKOFF_S))
     raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
 
 
