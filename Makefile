@@ -31,7 +31,7 @@ bench: $(STAMP)
 # After changing a dependency in pyproject.toml: install it without the old lock (what is installed
 # and still fits stays), run the tests, then `make lock` writes the versions now installed.
 lock:
-	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[test]"
+	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[test,bench]"
 	$(BIN)/python constraints/make_lock.py
 
 clean:

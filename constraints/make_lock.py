@@ -1,12 +1,12 @@
 """Write constraints/lock.txt: the exact version of every third-party package that
-``pip install -e ".[test]"`` installs, read from the environment this script runs in.
+``pip install -e ".[test,bench]"`` installs, read from the environment this script runs in.
 
     .venv/bin/python constraints/make_lock.py   # Python 3.11+, after a tested dependency change
 
-Only what loopfree-queue[test] needs: pyproject.toml's requirements, then the installed packages'
-requirements with their markers evaluated for this interpreter, so tools installed beside it by
-hand stay out. (The project's own requirements come from pyproject.toml, not from its installed
-metadata, which is as old as the last `pip install -e .`.)
+Only what loopfree-queue[test,bench] needs: pyproject.toml's requirements, then the installed
+packages' requirements with their markers evaluated for this interpreter, so tools installed
+beside it by hand stay out. (The project's own requirements come from pyproject.toml, not from
+its installed metadata, which is as old as the last `pip install -e .`.)
 Left out: the project itself; torch, pinned by constraints/cpu.txt for CI (the worker image
 installs a CUDA build of the same version); and anything CUDA-specific (nvidia-*, triton), so
 the lock holds for a CPU venv and a CUDA image alike.
@@ -24,13 +24,14 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = "loopfree-queue"
-ROOT_EXTRAS = ("test",)
+ROOT_EXTRAS = ("test", "bench")
 LOCK = Path(__file__).resolve().with_name("lock.txt")
 PYPROJECT = LOCK.parents[1] / "pyproject.toml"
 LEFT_OUT = re.compile(r"^(torch|triton|nvidia-.*)$")
 HEADER = """\
-# Exact versions of every third-party package `pip install -e ".[test]"` installs (Python {python},
-# Linux), for reproducible installs in CI (Makefile) and the images (docker/*.Dockerfile).
+# Exact versions of every third-party package `pip install -e ".[test,bench]"` installs
+# (Python {python}, Linux), for reproducible installs in CI (Makefile) and the images
+# (docker/*.Dockerfile).
 # torch is pinned by constraints/cpu.txt; CUDA packages are left out on purpose.
 # Regenerate with `.venv/bin/python constraints/make_lock.py` after a tested dependency change.
 """

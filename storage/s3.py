@@ -1,8 +1,13 @@
-"""S3-compatible object store (AWS S3, MinIO, Cloudflare R2, moto) through boto3.
+"""S3-compatible object store (AWS S3, MinIO, Cloudflare R2, GCS's S3 API, moto) through boto3.
+
+Uploads (``put``, once per image) go through awscrt's S3 client, which signs, sends and retries
+with the GIL released (``storage.s3_put``): boto3's ``put_object`` cost three times the CPU, most
+of it holding the GIL. Everything else goes through boto3.
 
 Uploads are verified, not trusted, and hashed once: each PUT carries ``x-amz-checksum-sha256`` of
-the bytes, the digest the caller computed when it encoded them (a server that checks it rejects a
-corrupted body with ``BadDigest``), and the reply must prove the server holds those bytes: the
+the bytes, the digest the caller computed when it encoded them (it also signs the payload; a
+server that checks it rejects a corrupted body with ``BadDigest``), and the reply must prove the
+server holds those bytes: the
 SHA-256 checksum it returns (AWS S3, MinIO, R2 and moto do) must equal ours. Only a server that
 returns no checksum costs an MD5, computed then, to compare with its ETag (the server's own MD5
 of a single-part, non-KMS upload). Otherwise ``UploadNotVerified`` (retryable) is raised. No
@@ -24,6 +29,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -43,10 +49,12 @@ from storage.objects import (
     UploadNotVerified,
     check_key,
 )
+from storage.s3_put import Transport, new_put
 
 MAX_ATTEMPTS = 5
-"""Attempts per request in botocore's "standard" retry mode (exponential backoff with jitter);
-together with the timeouts below a dead endpoint is reported within about a minute."""
+"""Attempts per request in botocore's "standard" retry mode (exponential backoff with jitter; the
+signed PUT retries the same way); together with the timeouts below a dead endpoint is reported
+within about a minute."""
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
@@ -82,7 +90,10 @@ class S3Store(ObjectStore):
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
         max_pool_connections: int = MAX_POOL_CONNECTIONS,
+        transport: Transport = "auto",
     ) -> None:
+        """``transport``: how uploads are sent (``storage.s3_put.new_put``); the others are
+        botocore's settings (the signed PUT's and the CRT client's too)."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -103,7 +114,16 @@ class S3Store(ObjectStore):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self._client = _new_client(endpoint_url, config)
+        self._client, credentials = _new_client(endpoint_url, config)
+        self._put = new_put(
+            self._client,
+            credentials,
+            bucket,
+            max_attempts=max_attempts,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            transport=transport,
+        )
 
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
@@ -120,16 +140,12 @@ class S3Store(ObjectStore):
         object_key = self._object_key(key)
         digest = bytes.fromhex(sha256)
         with self._errors("uploading", object_key):
-            reply = self._client.put_object(
-                Bucket=self.bucket,
-                Key=object_key,
-                Body=data,
-                ContentType=content_type,
-                Metadata={**metadata, "sha256": sha256},
-                # Naming the algorithm asks servers to return the checksum they checked; the
-                # value given, botocore computes nothing and adds no aws-chunked trailer.
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_b64(digest),
+            reply = self._put.put(
+                object_key,
+                data,
+                content_type=content_type,
+                sha256=sha256,
+                metadata={**metadata, "sha256": sha256},
             )
         md5 = None
         if "ChecksumSHA256" not in reply:  # a server that does not echo checksums: its ETag
@@ -279,7 +295,7 @@ class S3Store(ObjectStore):
             return ObjectNotFound(f"No object at {where}.")
         if code in ("BadDigest", "InvalidDigest"):
             return UploadNotVerified(f"The store rejected a corrupted upload to {where}; retry it.")
-        if status >= 500 or code in _RETRYABLE:
+        if status >= 500 or status == 429 or code in _RETRYABLE:
             return StoreUnavailable(
                 f"Object store failed while {action} {where} ({detail}, HTTP {status}) after "
                 "retries; try again later."
@@ -291,15 +307,17 @@ _session_lock = threading.Lock()
 _session: boto3.session.Session | None = None
 
 
-def _new_client(endpoint_url: str | None, config: Config) -> Any:
-    """An S3 client from one process-wide session. Creating clients is not thread-safe (hence
-    the lock); sharing the session shares its parsed service models, which makes a client cost
-    ~30 ms instead of ~300 ms. The client itself is thread-safe."""
+def _new_client(endpoint_url: str | None, config: Config) -> tuple[Any, Credentials | None]:
+    """An S3 client from one process-wide session, and the session's credentials (the ones the
+    client signs with; None when there are none). Creating clients is not thread-safe (hence the
+    lock); sharing the session shares its parsed service models, which makes a client cost ~30 ms
+    instead of ~300 ms. The client itself is thread-safe."""
     global _session
     with _session_lock:
         if _session is None:
             _session = boto3.session.Session()
-        return _session.client("s3", endpoint_url=endpoint_url, config=config)
+        client = _session.client("s3", endpoint_url=endpoint_url, config=config)
+        return client, _session.get_credentials()
 
 
 def verify_put_reply(
