@@ -89,14 +89,14 @@ def split_webhook_url(url: str) -> tuple[str, str, int]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as error:
-        raise WebhookRefused(f"webhook URL {mask_url(url)} does not parse: {error}") from None
+        raise WebhookRefused(f"webhook URL {redact_url(url)} does not parse: {error}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise WebhookRefused(
-            f"webhook URL {mask_url(url)}: only http:// and https:// URLs are allowed"
+            f"webhook URL {redact_url(url)}: only http:// and https:// URLs are allowed"
         )
     if not parts.hostname:
-        raise WebhookRefused(f"webhook URL {mask_url(url)} has no host")
+        raise WebhookRefused(f"webhook URL {redact_url(url)} has no host")
     return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
 
 
@@ -160,7 +160,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def mask_url(url: str) -> str:
+def redact_url(url: str) -> str:
     """``scheme://host[:port]/…`` for logs: paths and queries often carry tokens."""
     try:
         parts = urlsplit(url)

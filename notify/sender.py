@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.webhooks import WebhookPolicy, mask_url
+from core.webhooks import WebhookPolicy, redact_url
 from notify.post import Outcome, body_of, post, signed_headers
 from storage import webhooks as outbox
 from storage.db import session_scope
@@ -176,11 +176,11 @@ class WebhookSender:
                     retry_window_s=self.config.retry_window_s,
                 )
         if outcome.sent:
-            log.info("webhook %s sent (%s)", mask_url(claim.url), outcome.detail)
+            log.info("webhook %s sent (%s)", redact_url(claim.url), outcome.detail)
         else:
             log.warning(
                 "webhook %s attempt %d failed (%s): %s",
-                mask_url(claim.url), claim.attempt, outcome.detail,
+                redact_url(claim.url), claim.attempt, outcome.detail,
                 "will retry" if status == outbox.PENDING else "gave up",
             )  # fmt: skip
         return outcome

@@ -335,7 +335,7 @@ def _refuse_other_options(
 ) -> None:
     """Submitting again with a key returns the first submission, so it must be the same request:
     say which options differ and refuse (Stripe's rule for a reused idempotency key)."""
-    from core.webhooks import mask_url as redact_url  # TODO(merge): renamed in core.webhooks
+    from core.webhooks import redact_url
 
     recorded = dict(existing.defaults or {})
     differences = [

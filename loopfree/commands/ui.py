@@ -24,13 +24,14 @@ def ui(
     """Serve a read-only web view of submissions, images and workers (and a JSON API)."""
     import uvicorn
 
+    from loopfree import resources
     from status.web.app import create_app
     from status.web.security import check_bind
 
     settings = get_settings()
     token = settings.ui_token.get_secret_value() if settings.ui_token else None
     check_bind(host, token)
-    app = create_app(settings)
+    app = create_app(settings, engine=resources.engine(), store=resources.store())
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"loopfree ui on http://{shown}:{port}/" + (" (token required)" if token else ""))
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import socket
 
 import pytest
-from worker.webhooks import post
 
 from core.addresses import legacy_ipv4, why_not_public
 from core.webhooks import WebhookPolicy, WebhookRefused, check_webhook_url
+from notify.post import post
 
 
 def no_lookup(host: str, port: int) -> list[str]:

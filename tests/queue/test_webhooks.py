@@ -16,7 +16,7 @@ from sqlalchemy import update
 
 from core.errors import UserError
 from core.jobspec import JobSpec, ParsedJob
-from core.webhooks import WebhookPolicy, WebhookRefused, check_webhook_url, mask_url
+from core.webhooks import WebhookPolicy, WebhookRefused, check_webhook_url, redact_url
 from notify.post import body_of, post, signed_headers
 from notify.sender import WebhookConfig, WebhookSender
 from storage import jobs as job_store
@@ -290,7 +290,7 @@ def test_the_allow_list_opens_hosts_addresses_and_networks() -> None:
 
 
 def test_urls_are_masked_in_logs() -> None:
-    assert mask_url("https://user:pw@hooks.example.com:8443/t/abc?token=x") == (
+    assert redact_url("https://user:pw@hooks.example.com:8443/t/abc?token=x") == (
         "https://hooks.example.com:8443/…"
     )
 
