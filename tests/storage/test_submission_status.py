@@ -74,3 +74,31 @@ def test_cancelled_jobs_are_not_throughput(engine: Engine) -> None:
     assert after.images_per_s == pytest.approx(before.images_per_s)  # 5 images in 60 s of work
     assert after.counts["cancelled"] == 50 and after.counts["claimed"] == 5
     assert after.eta_s == pytest.approx(5 / after.images_per_s)  # the 5 still in hand
+
+
+def test_status_submissions_and_the_web_view_give_one_rate(engine: Engine) -> None:
+    """Observed: `status --json` gave images_per_s null while `submissions` showed 19.26 for the
+    same submission. Every reader builds on ``status.summary``: one rate, one ETA."""
+    from status.summary import summarize
+    from status.web.views import submission_summary, submissions_page
+    from storage.gallery import list_submissions
+
+    now = utcnow()
+    submission_id, ids = add_submission(engine, 10, model="org/m", now=now - timedelta(minutes=2))
+    with session_scope(engine) as session:
+        job_store.claim_jobs(
+            session, ids[:5], worker="w1", batch_id="b", batch_size=5,
+            now=now - timedelta(seconds=40),
+        )  # fmt: skip
+        result = job_store.JobResult("s3://b/k.png", 1, "0" * 64, 1.0, 0.1, 0.25)
+        for job_id in ids[:5]:
+            mark_succeeded(session, job_id, result, now=now - timedelta(seconds=20))
+    status = submission_status(engine, submission_id)
+    with session_scope(engine) as session:
+        (listed,) = summarize(session, list_submissions(session, limit=5))
+    web = submission_summary(engine, submission_id)
+    (front,) = submissions_page(engine)[0]
+    assert status is not None and status.images_per_s is not None
+    rates = {status.images_per_s, listed.images_per_s, web["images_per_s"], front["images_per_s"]}
+    assert len(rates) == 1 and status.images_per_s == pytest.approx(5 / 20, rel=0.05)
+    assert status.eta_s == listed.eta_s == web["eta_s"]

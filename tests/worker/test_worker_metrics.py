@@ -44,3 +44,16 @@ def test_succeeded_jobs_are_counted_for_the_worker_registry() -> None:
     metrics.job_done("m", "failed", 0.1)
     metrics.job_done("m", "succeeded", None)
     assert metrics.succeeded == 2
+
+
+def test_images_count_only_jobs_that_were_stored_and_recorded() -> None:
+    """Observed: ``loopfree_images_total`` also counted images rendered for jobs that then failed
+    to store. An image counts once its job succeeded."""
+    metrics = WorkerMetrics()
+    metrics.sampled("m", 4, 0.5)  # a sampler call of four
+    assert metrics.registry.get_sample_value("loopfree_images_total", {"model": "m"}) is None
+    metrics.job_done("m", "succeeded", 0.1)
+    metrics.job_done("m", "failed", 0.1)  # e.g. the store refused its image
+    metrics.job_done("m", "succeeded", 0.1)
+    assert metrics.registry.get_sample_value("loopfree_images_total", {"model": "m"}) == 2
+    assert metrics.registry.get_sample_value("loopfree_batch_size_sum") == 4
