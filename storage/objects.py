@@ -159,6 +159,15 @@ class ObjectStore(ABC):
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys (relative to the store) that start with ``prefix``."""
 
+    def submission_keys(self, submission_id: str) -> Iterator[str]:
+        """The keys of a submission's images, wherever ``key_for`` put them: one listing per
+        hex lead when keys are spread, else the submission's folder."""
+        if not self.spread_keys:
+            yield from self.list_keys(f"{submission_id}/")
+            return
+        for lead in range(256):
+            yield from self.list_keys(f"{lead:02x}/{submission_id}/")
+
     @abstractmethod
     def presigned_url(self, uri_or_key: str, expires_s: int) -> str:
         """A URL anyone holding it can GET for ``expires_s`` seconds."""

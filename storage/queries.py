@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from core.jobspec import MAX_NUM_IMAGES
 from storage.jobs import WORKER_STOPPED
 from storage.models import Flow, Job, JobStatus
 
@@ -31,37 +32,78 @@ def with_line_metadata(session: Session, jobs: list[Job]) -> list[Job]:
     (same line: the neighbour's metadata; another line: it is its line's first job); the rest
     are looked up in one statement. The value is set as if loaded, so a commit never writes it.
     """
-    unknown: list[Job] = []
+    ordered = sorted(jobs, key=lambda j: (j.submission_id, j.position))
+    follows = [
+        previous is not None
+        and previous.submission_id == job.submission_id
+        and previous.position == job.position - 1
+        for previous, job in zip([None, *ordered], ordered, strict=False)
+    ]
+    unknown = [
+        job
+        for job, adjacent in zip(ordered, follows, strict=True)
+        if not adjacent and not job.caller_metadata and job.position > 0
+    ]
+    first = _first_jobs_metadata(session, unknown) if unknown else {}
     previous: Job | None = None
-    for job in sorted(jobs, key=lambda j: (j.submission_id, j.position)):
+    for job, adjacent in zip(ordered, follows, strict=True):
         if not job.caller_metadata and job.position > 0:
-            adjacent = (
-                previous is not None
-                and previous.submission_id == job.submission_id
-                and previous.position == job.position - 1
-            )
             if not adjacent:
-                unknown.append(job)
-            elif previous.line_number == job.line_number and previous.caller_metadata:
-                set_committed_value(job, "caller_metadata", previous.caller_metadata)
-        previous = job
-    if unknown:
-        lines = {(job.submission_id, job.line_number) for job in unknown}
-        statement = (
-            select(Job.submission_id, Job.line_number, Job.caller_metadata)
-            .where(
-                Job.submission_id.in_({submission for submission, _ in lines}),
-                Job.line_number.in_({line for _, line in lines}),
-            )
-            .order_by(Job.position)
-        )
-        first: dict[tuple[str, int], dict] = {}
-        for submission, line, metadata in session.execute(statement):
-            first.setdefault((submission, line), metadata)  # the line's first job holds it
-        for job in unknown:
-            if metadata := first.get((job.submission_id, job.line_number)):
+                metadata = first.get((job.submission_id, job.line_number))
+            elif previous.line_number == job.line_number:
+                metadata = previous.caller_metadata  # filled in already, if the line has any
+            else:
+                metadata = None  # the first job of its line: its own (empty) metadata is right
+            if metadata:
                 set_committed_value(job, "caller_metadata", metadata)
+        previous = job
     return jobs
+
+
+# A line's jobs sit at consecutive positions, at most MAX_NUM_IMAGES of them: its first job is
+# within that many positions before any of its jobs.
+_RANGES_PER_STATEMENT = 500
+
+
+def _first_jobs_metadata(session: Session, jobs: list[Job]) -> dict[tuple[str, int], dict]:
+    """``(submission_id, line_number)`` -> metadata of the line's first job, for ``jobs``'
+    lines. Each job is looked for by position range on ``(submission_id, position)``'s unique
+    index: filtering by ``line_number`` alone would read the whole submission once per page."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    lines: dict[str, set[int]] = {}
+    for job in jobs:
+        spans.setdefault(job.submission_id, []).append(
+            (max(0, job.position - MAX_NUM_IMAGES + 1), job.position)
+        )
+        lines.setdefault(job.submission_id, set()).add(job.line_number)
+    first: dict[tuple[str, int], dict] = {}
+    for submission_id, ranges in spans.items():
+        merged = _merge_ranges(ranges)
+        for start in range(0, len(merged), _RANGES_PER_STATEMENT):
+            chunk = merged[start : start + _RANGES_PER_STATEMENT]
+            statement = (
+                select(Job.line_number, Job.caller_metadata)
+                .where(
+                    Job.submission_id == submission_id,
+                    or_(*(Job.position.between(low, high) for low, high in chunk)),
+                    Job.line_number.in_(lines[submission_id]),
+                )
+                .order_by(Job.position)
+            )
+            for line, metadata in session.execute(statement):
+                if metadata:  # the line's first job holds it
+                    first.setdefault((submission_id, line), metadata)
+    return first
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def load_jobs(session: Session, job_ids: Sequence[str]) -> list[Job]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_requeue_stuck_republishes_every_unfinished_job_after_redis_loses_its_da
     # included) and has finished those: the queued jobs now exist only in the database.
     assert queued > 30, queued
 
+    # A window job counts as lost once nobody has vouched for its message for three beats: not
+    # waiting in Redis, not held by a live worker (whose heartbeat refreshes ``dispatched_at``).
+    time.sleep(fleet.settings.live_for_s + 0.5)
     requeue = run_cli(["requeue", "--stuck"], fleet.env)
     assert requeue.returncode == 0, requeue.stderr
     result = json.loads(requeue.stdout)

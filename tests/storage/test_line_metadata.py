@@ -14,6 +14,7 @@ from storage.gallery import find_jobs
 from storage.models import Job
 from storage.queries import get_job
 from storage.submissions import create_submission, insert_jobs, job_id_for
+from tests.storage.test_window import captured_selects, plan_of
 
 TAGS = {"campaign": "spring", "sku": "x" * 2000}
 
@@ -70,3 +71,20 @@ def test_every_reader_sees_the_lines_metadata_on_every_image(engine):
         assert get_job(session, job_id_for(submission, 1)).caller_metadata == TAGS
     # Reading filled nothing in for good: still stored once.
     assert stored_metadata(engine, submission) == [TAGS, {}, {}, {}, {}]
+
+
+def test_a_page_deep_in_a_submission_finds_its_lines_first_job_by_position(engine):
+    """A page's first job looks up its line's first job within MAX_NUM_IMAGES positions before
+    it, on the (submission_id, position) key: by line number alone it would read the whole
+    submission once per page, and a million-job listing would slow page by page."""
+    lines = [{"prompt": f"p{i}"} for i in range(200)]
+    lines[150] = {"prompt": "many", "num_images": 5, "metadata": TAGS}
+    submission = submit_lines(engine, lines)
+    with captured_selects(engine) as seen, session_scope(engine) as session:
+        page = find_jobs(session, submission, limit=3, after=152)  # inside the line of five
+        assert [job.caller_metadata for job in page] == [TAGS, TAGS, {}]
+    lookups = [(sql, params) for sql, params in seen if "line_number IN" in sql.replace("\n", " ")]
+    assert len(lookups) == 1, seen
+    plan = plan_of(engine, *lookups[0])
+    keyed = [line for line in plan.splitlines() if "Index Cond" in line or "USING INDEX" in line]
+    assert any("position" in line for line in keyed), plan  # a range on the key, not a scan

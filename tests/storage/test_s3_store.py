@@ -181,3 +181,14 @@ def test_storage_urls_that_name_no_store_are_user_errors() -> None:
     for url in ("s3://", "ftp://host/path", "/plain/path", "file://server/share"):
         with pytest.raises(InvalidStorageUrl):
             open_store(url)
+
+
+def test_a_submissions_spread_keys_are_found_under_every_lead(s3_store: S3Store) -> None:
+    assert s3_store.spread_keys  # S3 keys lead with the job id's first two hex digits
+    mine = [s3_store.key_for("sub-a", job) for job in ("00aa", "7fbb", "ffcc")]
+    other = s3_store.key_for("sub-b", "7fdd")
+    for key in (*mine, other):
+        s3_store.put_png(key, PNG, metadata=METADATA)
+
+    assert mine[0] == "00/sub-a/00aa.png"
+    assert sorted(s3_store.submission_keys("sub-a")) == sorted(mine)
