@@ -64,28 +64,35 @@ def sha256_of(path: Path) -> str | None:
 
 
 def sync_results(records: Iterable[dict[str, Any]], store: ObjectStore, folder: Path) -> SyncReport:
+    """Fetch each record's image into ``folder`` (skipping files already there with the same
+    sha256) and write the manifest line by line: memory stays flat however many records."""
     folder.mkdir(parents=True, exist_ok=True)
     report = SyncReport(manifest=folder / MANIFEST_NAME)
-    lines = []
-    for record in records:
-        entry = {name: record.get(name) for name in MANIFEST_FIELDS}
-        if not record.get("image_uri"):
-            report.not_downloaded[_reason(record)] += 1
-            entry["file"] = None
-            lines.append(entry)
-            continue
-        name = file_name(record)
-        path = folder / name
-        if record.get("image_sha256") and sha256_of(path) == record["image_sha256"]:
-            report.unchanged += 1
-        else:
-            _write_atomically(path, store.get(record["image_uri"]))
-            report.downloaded += 1
-        entry["file"] = name
-        lines.append(entry)
-    text = "".join(json.dumps(line, default=str) + "\n" for line in lines)
-    _write_atomically(report.manifest, text.encode())
+    partial = report.manifest.with_name(report.manifest.name + ".partial")
+    with partial.open("w", encoding="utf-8") as manifest:
+        for record in records:
+            entry = {name: record.get(name) for name in MANIFEST_FIELDS}
+            entry["file"] = _sync_one(record, store, folder, report)
+            manifest.write(json.dumps(entry, default=str) + "\n")
+    os.replace(partial, report.manifest)
     return report
+
+
+def _sync_one(
+    record: dict[str, Any], store: ObjectStore, folder: Path, report: SyncReport
+) -> str | None:
+    """The file name of the record's image once it is in ``folder``; None when it has none."""
+    if not record.get("image_uri"):
+        report.not_downloaded[_reason(record)] += 1
+        return None
+    name = file_name(record)
+    path = folder / name
+    if record.get("image_sha256") and sha256_of(path) == record["image_sha256"]:
+        report.unchanged += 1
+    else:
+        _write_atomically(path, store.get(record["image_uri"]))
+        report.downloaded += 1
+    return name
 
 
 def _reason(record: dict[str, Any]) -> str:
