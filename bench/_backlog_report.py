@@ -64,6 +64,9 @@ ROWS = (
     Row("cancel", "redis_after_mib", "Redis over pre-submit, right after cancel", "MiB"),
     Row("cancel", "redis_10s_mib", "Redis over pre-submit, 10 s after cancel", "MiB"),
     Row("cancel", "cancelled", "jobs cancelled", "n", grows=False),
+    Row("cancel", "rest_wall_s", "`cancel ID --wait` of the rest (no worker here): wall", "s"),
+    Row("cancel", "rest_peak_rss_mib", "`cancel ID --wait` of the rest: peak RSS", "MiB"),
+    Row("cancel", "rest_cancelled", "jobs cancelled by `--wait`", "n", grows=False),
 )
 
 

@@ -85,9 +85,7 @@ def populate(database_url: str, storage_url: str, endpoint: str, count: int, siz
     images = [png(seed, size) for seed in range(DISTINCT_IMAGES)]
     digests = [sha256_hex(image) for image in images]
     with session_scope(engine) as session:
-        ref = create_submission(
-            session, source="bench-export.jsonl", defaults={}, job_count=count
-        )
+        ref = create_submission(session, source="bench-export.jsonl", defaults={}, job_count=count)
         insert_jobs(
             session,
             ref.id,
@@ -181,9 +179,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     options = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp, swapped_environ(
-        aws_test_env(f"{tmp}/no-aws-config")
-    ), MotoServer(own_process=True) as moto, database(options.database, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-export-") as tmp,
+        swapped_environ(aws_test_env(f"{tmp}/no-aws-config")),
+        MotoServer(own_process=True) as moto,
+        database(options.database, Path(tmp)) as url,
+    ):
         folder = Path(tmp)
         source = f"s3://bench-src-{uuid.uuid4().hex[:8]}/images"
         dest_bucket = f"bench-dest-{uuid.uuid4().hex[:8]}"
@@ -235,8 +236,10 @@ def main() -> None:
     ceiling["mb_per_s"] = megabytes / ceiling["seconds"]
     rows.append(ceiling)
     base = rows[0]["seconds"]
-    print(f"\n{options.images:,} images of {options.size} px ({megabytes:.0f} MB of PNG), "
-          f"{options.database}, moto_server on loopback; {cpu_model()}, load {load_average()}\n")
+    print(
+        f"\n{options.images:,} images of {options.size} px ({megabytes:.0f} MB of PNG), "
+        f"{options.database}, moto_server on loopback; {cpu_model()}, load {load_average()}\n"
+    )
     print("| command | s | images/s | MB/s | shards/s | vs baseline | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

@@ -132,10 +132,10 @@ def run(scratch: Path, env: dict[str, str], args: argparse.Namespace, result: di
     try:
         worker.wait_ready()
         wait_until(
-            lambda: succeeded_by_owner(engine, utcnow().replace(year=2000), utcnow()).get(
-                "alice", 0
-            )
-            >= 200,
+            lambda: (
+                succeeded_by_owner(engine, utcnow().replace(year=2000), utcnow()).get("alice", 0)
+                >= 200
+            ),
             timeout=600,
             what="the worker to be busy with alice's backlog",
             details=lambda: worker.log_text(3000),

@@ -151,7 +151,8 @@ def budget_rows(
         fitting = [
             row.batch
             for row in rows
-            if row.dtype == dtype and row.peak_gib is not None
+            if row.dtype == dtype
+            and row.peak_gib is not None
             and row.peak_gib <= FIT_SHARE * total_gib
         ]
         if fitting:
@@ -198,8 +199,15 @@ def main() -> None:
     ]
     suggestions = budget_rows(rows, signature, card, total_gib, args.size) if total_gib else []
     if suggestions:
-        report += ["", "`worker.budget.MEASURED_BUDGETS` rows (largest batch under "
-                   f"{FIT_SHARE:.0%} of the card):", "", "```python", *suggestions, "```"]
+        report += [
+            "",
+            "`worker.budget.MEASURED_BUDGETS` rows (largest batch under "
+            f"{FIT_SHARE:.0%} of the card):",
+            "",
+            "```python",
+            *suggestions,
+            "```",
+        ]
     text = "\n".join(report) + "\n"
     print()
     print(text)

@@ -232,7 +232,10 @@ class WholePath:
             return run_timed
 
         store = (TodaysS3Store if before else S3Store)(
-            self.bucket, "path", endpoint_url=self.endpoint, region="us-east-1",
+            self.bucket,
+            "path",
+            endpoint_url=self.endpoint,
+            region="us-east-1",
             transport=transport,  # type: ignore[arg-type]
         )
         store.ensure_bucket()
@@ -362,6 +365,7 @@ def path_table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
              + " | ".join(f"{p} CPU / GIL" for p in parts) + " |",
              "| --- " * (5 + len(parts)) + "|"]  # fmt: skip
     for label, runs in results.items():
+
         def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
             return statistics.median(run[key] for run in runs)
 

@@ -193,7 +193,9 @@ def one_repeat(
         )
     final = outputs.get("tiue-parallel", next(iter(outputs.values())))
     seconds["vae"], seconds["vae:cpu"], images = timed(
-        device, lambda: sampler.decode_images(final).cpu(), inner  # device pixels since #13
+        device,
+        lambda: sampler.decode_images(final).cpu(),
+        inner,  # device pixels since #13
     )
     return seconds, images, outputs
 
