@@ -11,12 +11,12 @@ database.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from storage.models import Flow, Job, JobStatus, utcnow
+from storage.models import Flow, Job, JobStatus, aware_utc, utcnow
 
 _FLOW_OPEN = text("(flows.queued > 0 OR flows.running > 0)")  # the partial index ix_flows_open
 
@@ -88,7 +88,7 @@ def oldest_queued_at(session: Session, model: str) -> datetime | None:
     statement = select(func.min(Flow.created_at)).where(
         Flow.model == model, _FLOW_OPEN, Flow.queued > 0
     )
-    return _aware(session.scalar(statement))
+    return aware_utc(session.scalar(statement))
 
 
 def oldest_queued_by_model(session: Session) -> dict[str, datetime]:
@@ -98,16 +98,7 @@ def oldest_queued_by_model(session: Session) -> dict[str, datetime]:
         .where(_FLOW_OPEN, Flow.queued > 0)
         .group_by(Flow.model)
     )
-    return {model: _aware(oldest) for model, oldest in session.execute(statement)}
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """An aware UTC datetime from an aggregate, whichever way the driver typed it."""
-    if value is None or isinstance(value, datetime) and value.tzinfo is not None:
-        return value  # type: ignore[return-value]
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return {model: aware_utc(oldest) for model, oldest in session.execute(statement)}
 
 
 def recent_batches(

@@ -10,7 +10,7 @@ does (BENCHMARKS.md, "Web view"). Counts come from the flows' counters (``storag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal, or_, select, tuple_
@@ -129,12 +129,3 @@ def job_for_image(session: Session, job_id: str) -> tuple[str | None, str | None
         select(Job.image_uri, Job.image_sha256).where(Job.id == job_id)
     ).one_or_none()
     return None if row is None else (row.image_uri, row.image_sha256)
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """An aware UTC datetime from an aggregate, whichever way the driver typed it."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

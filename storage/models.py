@@ -102,6 +102,16 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def aware_utc(value: datetime | str | None) -> datetime | None:
+    """An aware UTC datetime from an aggregate (``min``, ``max``), whichever way the driver typed
+    it: aggregates bypass the column type's result processing, and SQLite hands back naive text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.models import Job, JobStatus, Submission
+from storage.models import Job, JobStatus, Submission, aware_utc
 
 OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -71,7 +71,7 @@ def summarize(session: Session, submissions: list[Submission]) -> list[Submissio
             .group_by(Job.submission_id)
         )
         for submission_id, first, last in spans:
-            times[submission_id] = (_aware(first), _aware(last))
+            times[submission_id] = (aware_utc(first), aware_utc(last))
     return [
         SubmissionSummary(
             id=s.id,
@@ -105,14 +105,3 @@ def finished_since(session: Session, submission_id: str, since: datetime) -> int
         Job.submission_id == submission_id, Job.finished_at >= since
     )
     return int(session.scalar(statement) or 0)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # Aggregates bypass the column type's result processing: SQLite hands back naive text times.
-    from datetime import timezone
-
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value

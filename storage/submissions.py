@@ -15,7 +15,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from core.jobspec import FIELD_NAMES, JobSpec, ParsedJob
 from storage.bulk import insert_job_rows
 from storage.counters import apply_pending, note_added
-from storage.models import JOB_ATTRIBUTES, Flow, Job, JobStatus, Submission, utcnow
+from storage.models import JOB_ATTRIBUTES, Flow, Job, JobStatus, Submission, aware_utc, utcnow
 
 # Fixed namespace for uuid5 job ids; changing it would change every derived id.
 _JOB_ID_NAMESPACE = uuid.UUID("5b0c7d8e-3f4a-4c1e-9a57-6f0e2d1b8c33")
@@ -184,22 +184,13 @@ def recount_flows(session: Session, submission_id: str) -> None:
             flow = Flow(submission_id=submission_id, model=model, priority=priority)
             session.add(flow)
         flow.owner = submission.owner
-        flow.created_at = _aware(created) or submission.created_at
-        flow.first_started_at = _aware(started)
-        flow.last_finished_at = _aware(finished)
+        flow.created_at = aware_utc(created) or submission.created_at
+        flow.first_started_at = aware_utc(started)
+        flow.last_finished_at = aware_utc(finished)
         flow.backlog = int(backlog or 0)
         for status, count in zip(JobStatus, by_status, strict=True):
             setattr(flow, status.value, int(count or 0))
     session.flush()
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """An aware UTC datetime from an aggregate, whichever way the driver typed it."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def mark_cancelled(session: Session, submission_id: str, *, now: datetime | None = None) -> bool:
