@@ -169,7 +169,7 @@ def submit_file(
         key = f"{default}:{_nonce()}" if new else default
     # Fail fast, before any row is written, if the broker is down; only then is it worth saying
     # whether a worker will take the jobs.
-    check_broker(app, doing="submit anything")
+    check_broker(app, outcome="nothing was submitted")
     if check is not None:
         check(plan)
     options = {**record, "content_sha256": content}

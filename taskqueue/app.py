@@ -192,17 +192,17 @@ def publish_with_celery(
     return published
 
 
-def check_broker(app: Celery, *, doing: str) -> None:
+def check_broker(app: Celery, *, outcome: str) -> None:
     """Connect to the broker (a few quick tries) or raise ``BrokerUnavailable`` saying that
     nothing was done: a producer checks before it writes a row, a worker before it loads a
-    model. ``doing``: what the caller is about to do, for the message."""
+    model. ``outcome``: what the refusal leaves done, for the message ("nothing was submitted")."""
     try:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.3)
     except Exception as error:  # noqa: BLE001 - kombu raises transport-specific errors
         raise BrokerUnavailable(
-            f"the broker at {mask_url(app.conf.broker_url)} did not answer ({error}); could not "
-            f"{doing}. Start it (or fix LOOPFREE_BROKER_URL) and try again"
+            f"the broker at {mask_url(app.conf.broker_url)} did not answer ({error}); {outcome}. "
+            "Start it (or fix LOOPFREE_BROKER_URL) and try again"
         ) from error
 
 

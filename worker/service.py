@@ -192,7 +192,7 @@ def check_dependencies(settings: Settings, engine: Engine, app: Celery, store: O
     from worker.recording import ping_database
 
     ping_database(engine)
-    check_broker(app, doing="start the worker")
+    check_broker(app, outcome="the worker did not start")
     store.verify_access()
 
 
