@@ -181,16 +181,24 @@ class Recorder:
         results: list[tuple[Rendered, StoredObject, float]],
         in_hand: list[Rendered],
         report: BatchReport,
+        *,
+        again: bool = False,
     ) -> None:
         """Sort one finished upload: stored (``results``), kept through a store outage
-        (``in_hand``), given back for a retry, or failed."""
+        (``in_hand``), given back for a retry, or failed. ``again``: this was the upload's
+        second try, after the outage or after the store answered its probe."""
         try:
             stored, upload_s = future.result()
         except StoreUnavailable as error:
             if self.gate.confirm(STORE, error):
                 in_hand.append(rendered)  # an outage: keep the job, its pixels and its claim
+            elif not again:
+                # The store answers its probe now, but an upload that was retrying through the
+                # end of an outage can fail just after it (or on a connection the restart broke):
+                # one more try, at once, before it costs the job an attempt.
+                in_hand.append(rendered)
             else:
-                # The store answers its probe but not this upload: the job's own failure.
+                # The store answers its probe but not this upload, twice: the job's own failure.
                 self.retry_later(rendered.job, str(error), report)
         except RetryableError as error:
             self.retry_later(rendered.job, str(error), report)
@@ -229,7 +237,7 @@ class Recorder:
                     )
             in_hand = []
             for rendered, future in retrying:
-                self.collect(rendered, future, results, in_hand, report)
+                self.collect(rendered, future, results, in_hand, report, again=True)
         return results
 
     def drop_taken_over(self, rendered: list[Rendered], report: BatchReport) -> list[Rendered]:
