@@ -37,7 +37,8 @@ def test_five_thousand_jobs_reconcile_after_one_of_two_workers_is_killed_half_wa
     started = time.monotonic()
     # One DDIM step leaves the CPU to the rest of the pipeline: queue, store, database.
     report = fleet.submit(rows(JOBS, steps=1))
-    assert report.published == JOBS
+    # The database holds the backlog; the workers' dispatchers send it to Redis a window at a time.
+    assert report.inserted == JOBS and report.published == 0
     submitted_at = time.monotonic() - started
     victim.wait_ready()
     survivor.wait_ready()

@@ -83,7 +83,7 @@ def test_sigterm_finishes_the_batch_in_hand_takes_nothing_more_and_exits_in_time
     assert len(left) >= 4, "the worker ran everything before it stopped; the test proves nothing"
     # Cancelled before anything renders them: their messages are delivered, nothing is generated.
     cancelled = {job.id for job in left[:3]}
-    assert sum(cancel(fleet.engine, job_id) for job_id in cancelled) == 3
+    assert sum(cancel(fleet.engine, fleet.app, job_id).cancelled for job_id in cancelled) == 3
 
     # What it had prefetched went back to the broker: another worker finishes the submission.
     with fleet.embedded_worker():
