@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.objects import ObjectStore
+if TYPE_CHECKING:
+    from storage.objects import ObjectStore
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_FIELDS = (
@@ -64,6 +65,16 @@ def sha256_of(path: Path) -> str | None:
 
 
 def sync_results(records: Iterable[dict[str, Any]], store: ObjectStore, folder: Path) -> SyncReport:
+    """Sync the images of ``records`` (job records) from the object store into ``folder``."""
+    return sync_records(records, lambda record: store.get(record["image_uri"]), folder)
+
+
+def sync_records(
+    records: Iterable[dict[str, Any]], fetch: Callable[[dict[str, Any]], bytes], folder: Path
+) -> SyncReport:
+    """Sync ``records`` into ``folder``, fetching a missing or changed image with ``fetch``
+    (the store for the CLI, the HTTP API for ``loopfree_client``): one sync and one manifest for
+    both. Imports nothing of the project at run time, so the Python client can use it."""
     folder.mkdir(parents=True, exist_ok=True)
     report = SyncReport(manifest=folder / MANIFEST_NAME)
     lines = []
@@ -79,7 +90,7 @@ def sync_results(records: Iterable[dict[str, Any]], store: ObjectStore, folder: 
         if record.get("image_sha256") and sha256_of(path) == record["image_sha256"]:
             report.unchanged += 1
         else:
-            _write_atomically(path, store.get(record["image_uri"]))
+            _write_atomically(path, fetch(record))
             report.downloaded += 1
         entry["file"] = name
         lines.append(entry)

@@ -132,9 +132,7 @@ class ObjectStore(ABC):
         way). Here: ``put`` of its bytes; a backend that can send a file in parts without
         holding it (S3) overrides this, so memory does not grow with the file."""
         data = path.read_bytes()
-        return self.put(
-            key, data, content_type=content_type, sha256=sha256_hex(data), metadata={}
-        )
+        return self.put(key, data, content_type=content_type, sha256=sha256_hex(data), metadata={})
 
     def probe(self) -> None:
         """Store a few bytes at ``PROBE_KEY``: does the store take writes again? A paused worker
