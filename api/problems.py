@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from core.errors import ModelNotFound, RetryableError, UserError
+from core.errors import InvalidJob, ModelNotFound, RetryableError, UserError
 from producer.prompts import LISTED_ERRORS, PromptFileError
 from producer.submit import OptionsDiffer
 from storage.ids import AmbiguousId
@@ -113,6 +113,8 @@ def problem_of(error: Exception) -> Problem:
         return Problem(400, "ambiguous-id", "Ambiguous id prefix", str(error))
     if isinstance(error, ModelNotFound):
         return Problem(422, "unknown-model", "Unknown model", str(error))
+    if isinstance(error, InvalidJob):  # the submission's options, checked as every line's defaults
+        return Problem(422, "invalid-options", "The submission's options are invalid", str(error))
     if isinstance(error, UserError):
         return Problem(400, "bad-request", "Bad request", str(error))
     if isinstance(error, RetryableError):

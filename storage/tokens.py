@@ -168,3 +168,28 @@ def any_token(session: Session) -> bool:
     """Whether any token was ever made (revoked ones count): from then on every request to the
     API must carry one."""
     return session.scalar(select(ApiToken.id).limit(1)) is not None
+
+
+COOKIE_MESSAGE = b"loopfree-ui-cookie"
+
+
+def cookie_proof(token: ApiToken) -> str:
+    """What the web view's cookie holds for a token: ``<id>.<HMAC keyed by its stored hash>``.
+    Checking it needs the stored hash; it is useless as a bearer token, and dies with the token
+    (revoked, expired or deleted)."""
+    proof = hmac.new(token.secret_sha256.encode(), COOKIE_MESSAGE, hashlib.sha256).hexdigest()
+    return f"{token.id}.{proof}"
+
+
+def verify_cookie(session: Session, value: str, *, now: datetime | None = None) -> ApiToken | None:
+    """The live token a ``cookie_proof`` value stands for, or None."""
+    token_id, _, proof = value.partition(".")
+    if not re.fullmatch(f"[0-9a-f]{{{ID_HEX_DIGITS}}}", token_id):
+        return None
+    row = session.get(ApiToken, token_id)
+    if row is None or not hmac.compare_digest(cookie_proof(row), value):
+        return None
+    now = now or utcnow()
+    if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    return row
