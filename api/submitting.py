@@ -25,6 +25,7 @@ Python client sends a fresh key per ``submit`` call, so its retries are safe).
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -62,6 +63,14 @@ OWNER_LOCK_WAIT_S = 60.0
 
 QUEUED_RETRY_AFTER_S = 30
 """What a refusal of the jobs-open quota asks to wait: the fleet finishes jobs meanwhile."""
+
+SUBMITS_AT_ONCE = 4
+"""Submits one API process runs at a time; more wait their turn (holding no connection). A
+submit is CPU work (two or three parses of the file) and takes up to two database connections
+at once (its owner's lock and a transaction): four keep two cores busy and stay far inside the
+engine's pool, so waiters can never take every connection the running submits need."""
+
+_SUBMITS = threading.BoundedSemaphore(SUBMITS_AT_ONCE)
 
 
 @dataclass
@@ -119,16 +128,30 @@ def submit(
     now: datetime,
 ) -> Intake:
     """Validate, check the quotas and store ``upload`` for ``caller`` (in a worker thread)."""
-    from producer.models import check_models
-    from storage.workers import list_workers
-
-    options = upload.options
-    defaults = options.defaults(settings)
     key = stored_key(caller, key)
     known = False
     if key is not None:
         with session_scope(engine) as session:
             known = find_by_key(session, key) is not None
+    with _SUBMITS:
+        return _submit(settings, engine, app, caller, upload, key, known, now)
+
+
+def _submit(
+    settings: Settings,
+    engine: Engine,
+    app: Celery,
+    caller: Caller,
+    upload: Upload,
+    key: str | None,
+    known: bool,
+    now: datetime,
+) -> Intake:
+    from producer.models import check_models
+    from storage.workers import list_workers
+
+    options = upload.options
+    defaults = options.defaults(settings)
     day = now.astimezone(timezone.utc).date()
     cost = None
     if caller.quota_daily_units is not None and not known:

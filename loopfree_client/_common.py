@@ -29,7 +29,7 @@ MAX_RETRY_AFTER_S = 30.0
 
 FILE_TYPES = {".jsonl": "application/jsonl", ".csv": "text/csv", ".txt": "text/plain"}
 
-backoff = wait_exponential_jitter(initial=0.5, max=10.0)
+backoff = wait_exponential_jitter(multiplier=0.5, max=10.0)
 
 
 class Retry(Exception):

@@ -116,20 +116,27 @@ _LOCAL_GUARD = threading.Lock()
 
 @contextmanager
 def owner_lock(engine: Engine, owner: str, *, timeout_s: float) -> Iterator[None]:
-    """Hold the owner's submit lock: on PostgreSQL an advisory lock on a connection of its own
-    (the lock outlives the transactions of the submit, and dies with the connection), on SQLite
-    a lock of this process (a SQLite database serves one host). ``OwnerBusy`` after
-    ``timeout_s``."""
-    if engine.dialect.name != "postgresql":
-        with _LOCAL_GUARD:
-            lock = _LOCAL_LOCKS.setdefault(owner, threading.Lock())
-        if not lock.acquire(timeout=timeout_s):
-            raise _busy(owner, timeout_s)
-        try:
+    """Hold the owner's submit lock: a lock of this process first (so one thread per owner at
+    most waits on the database), then on PostgreSQL an advisory lock on a connection of its own
+    (it outlives the transactions of the submit, serialises the API's replicas, and dies with
+    the connection). SQLite serves one host: the process's lock is the lock. ``OwnerBusy``
+    after ``timeout_s``."""
+    with _LOCAL_GUARD:
+        local = _LOCAL_LOCKS.setdefault(owner, threading.Lock())
+    if not local.acquire(timeout=timeout_s):
+        raise _busy(owner, timeout_s)
+    try:
+        if engine.dialect.name != "postgresql":
             yield
-        finally:
-            lock.release()
-        return
+            return
+        with _advisory_lock(engine, owner, timeout_s):
+            yield
+    finally:
+        local.release()
+
+
+@contextmanager
+def _advisory_lock(engine: Engine, owner: str, timeout_s: float) -> Iterator[None]:
     key = int.from_bytes(
         hashlib.sha256(f"loopfree-owner:{owner}".encode()).digest()[:8], "big", signed=True
     )
