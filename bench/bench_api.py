@@ -42,7 +42,12 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     args = parser.parse_args()
+    import os
     import tempfile
+
+    from tests.harness import S3_TEST_ENV
+
+    os.environ.update(S3_TEST_ENV)  # moto's static test credentials
 
     import httpx
 
