@@ -153,6 +153,18 @@ class Settings(BaseSettings):
     ui_token: SecretStr | None = Field(
         default=None, description="Bearer token of the web view (required off loopback)."
     )
+    # `loopfree api` takes bodies up to this size: a JSON array of jobs or an uploaded prompt
+    # file, streamed to a temporary file as it arrives (a 100,000-line JSONL file is ~10 MB).
+    api_max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request body the API accepts, in bytes.",
+    )
+    # Each token may send this many requests a second on average, in bursts of up to
+    # api_rate_burst (a token bucket per API process: N replicas allow N times as much).
+    api_rate_per_s: float = Field(default=20.0, gt=0, description="Requests/s per token.")
+    api_rate_burst: int = Field(default=100, ge=1, description="Burst of requests per token.")
     # Webhooks are POSTed from inside the fleet to URLs that submitters choose: hosts that resolve
     # to loopback, private, link-local or metadata addresses are refused (server-side request
     # forgery) unless listed here (core.webhooks). Comma-separated names, addresses or CIDRs.

@@ -63,9 +63,20 @@ def _asks_for_help() -> bool:
 
 
 def _register() -> None:
-    from loopfree.commands import db, export, fleet, fleetview, run, status, submit, ui, worker
+    from loopfree.commands import (
+        api,
+        db,
+        export,
+        fleet,
+        fleetview,
+        run,
+        status,
+        submit,
+        ui,
+        worker,
+    )
 
-    for commands in (worker, run, submit, status, export, fleetview, ui, fleet, db):
+    for commands in (worker, run, submit, status, export, fleetview, ui, api, fleet, db):
         commands.register(app)
 
 

@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.objects import ObjectStore
+if TYPE_CHECKING:
+    from storage.objects import ObjectStore
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_FIELDS = (
@@ -64,22 +65,34 @@ def sha256_of(path: Path) -> str | None:
 
 
 def sync_results(records: Iterable[dict[str, Any]], store: ObjectStore, folder: Path) -> SyncReport:
-    """Fetch each record's image into ``folder`` (skipping files already there with the same
-    sha256) and write the manifest line by line: memory stays flat however many records."""
+    """Sync the images of ``records`` (job records) from the object store into ``folder``."""
+    return sync_records(records, lambda record: store.get(record["image_uri"]), folder)
+
+
+def sync_records(
+    records: Iterable[dict[str, Any]], fetch: Callable[[dict[str, Any]], bytes], folder: Path
+) -> SyncReport:
+    """Sync ``records`` into ``folder``, fetching a missing or changed image with ``fetch``
+    (the store for the CLI, the HTTP API for ``loopfree_client``): one sync and one manifest for
+    both, written line by line so memory stays flat however many records. Imports nothing of
+    the project at run time, so the Python client can use it."""
     folder.mkdir(parents=True, exist_ok=True)
     report = SyncReport(manifest=folder / MANIFEST_NAME)
     partial = report.manifest.with_name(report.manifest.name + ".partial")
     with partial.open("w", encoding="utf-8") as manifest:
         for record in records:
             entry = {name: record.get(name) for name in MANIFEST_FIELDS}
-            entry["file"] = _sync_one(record, store, folder, report)
+            entry["file"] = _sync_one(record, fetch, folder, report)
             manifest.write(json.dumps(entry, default=str) + "\n")
     os.replace(partial, report.manifest)
     return report
 
 
 def _sync_one(
-    record: dict[str, Any], store: ObjectStore, folder: Path, report: SyncReport
+    record: dict[str, Any],
+    fetch: Callable[[dict[str, Any]], bytes],
+    folder: Path,
+    report: SyncReport,
 ) -> str | None:
     """The file name of the record's image once it is in ``folder``; None when it has none."""
     if not record.get("image_uri"):
@@ -90,7 +103,7 @@ def _sync_one(
     if record.get("image_sha256") and sha256_of(path) == record["image_sha256"]:
         report.unchanged += 1
     else:
-        _write_atomically(path, store.get(record["image_uri"]))
+        _write_atomically(path, fetch(record))
         report.downloaded += 1
     return name
 

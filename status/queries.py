@@ -46,6 +46,7 @@ CANCEL_CHUNK = 20_000
 CANCEL_BUDGET_S = 5.0
 """How long ``cancel`` moves queued rows itself before it leaves the rest to the fleet."""
 
+
 def job_record(job: Job) -> dict[str, Any]:
     """``job`` as JSON-ready values keyed by ``JOB_FIELDS``: its stage as ``status``, times in
     ISO 8601."""

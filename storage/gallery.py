@@ -41,11 +41,18 @@ def escape_like(text: str) -> str:
 
 
 def list_submissions(
-    session: Session, *, limit: int, before: tuple[datetime, str] | None = None
+    session: Session,
+    *,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+    owner: str | None = None,
 ) -> list[Submission]:
     """A page of submissions, newest first: the ``limit`` created before the ``before`` cursor
-    (``(created_at, id)`` of the last one shown), or the newest."""
+    (``(created_at, id)`` of the last one shown), or the newest; only ``owner``'s if given
+    (``ix_submissions_owner_created_at_id``)."""
     statement = select(Submission).order_by(Submission.created_at.desc(), Submission.id.desc())
+    if owner is not None:
+        statement = statement.where(Submission.owner == owner)
     if before is not None:
         statement = statement.where(
             tuple_(Submission.created_at, Submission.id) < tuple_(*_cursor_values(before))

@@ -7,7 +7,7 @@ status change goes through the guarded updates in ``storage.jobs``.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Dialect,
     Enum,
@@ -138,7 +139,12 @@ class Submission(Base):
     # none of its jobs, and its queued rows move to ``cancelled`` in chunks.
     cancelled_at: Mapped[datetime | None]
 
-    __table_args__ = (CheckConstraint("job_count >= 0", name="job_count_non_negative"),)
+    __table_args__ = (
+        CheckConstraint("job_count >= 0", name="job_count_non_negative"),
+        # One owner's submissions, newest first, a keyset page at a time (the API's listing for
+        # a token that sees only its owner's work).
+        Index("ix_submissions_owner_created_at_id", "owner", "created_at", "id"),
+    )
 
 
 _STATUS_TYPE = Enum(
@@ -382,6 +388,48 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         CheckConstraint("status IN ('pending', 'sent', 'gave_up')", name="status"),
     )
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API (``api/``) and the web view: only the SHA-256 of the token
+    is stored, never the token; ``id`` is its public part (``lf_<id>_...``), which ``tokens list``
+    shows and ``tokens revoke`` takes. A token acts for ``owner``, the name the dispatcher shares
+    the fleet between, and sees only that owner's submissions unless it is ``admin``."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(MAX_OWNER_CHARS))
+    admin: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # Limits on the owner's totals while this token is used (NULL: none): jobs open at once, and
+    # cost units per UTC day (one unit: a 512 x 512 image at 4 steps; see ``storage.usage``).
+    quota_queued: Mapped[int | None] = mapped_column(BigInteger)
+    quota_daily_units: Mapped[int | None] = mapped_column(BigInteger)
+    note: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_api_tokens_owner", "owner"),
+        CheckConstraint("quota_queued IS NULL OR quota_queued >= 0", name="quota_queued"),
+        CheckConstraint(
+            "quota_daily_units IS NULL OR quota_daily_units >= 0", name="quota_daily_units"
+        ),
+    )
+
+
+class OwnerUsage(Base):
+    """What an owner's submissions cost on one UTC day, in pixel x step units (``width x height
+    x steps`` summed over the jobs), charged before the jobs are written (``storage.usage``)."""
+
+    __tablename__ = "owner_usage"
+
+    owner: Mapped[str] = mapped_column(String(MAX_OWNER_CHARS), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    pixel_steps: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    jobs: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 JOB_ATTRIBUTES: dict[str, str] = {

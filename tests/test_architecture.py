@@ -24,7 +24,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = ("producer", "worker", "status", "fleet", "export")
-PACKAGES = ("core", "storage", "migrations", "taskqueue", "notify", *STAGES, "loopfree")
+# The front door above the stages (api) and the HTTP client beside everything (loopfree_client).
+FRONTS = ("api", "loopfree_client")
+PACKAGES = ("core", "storage", "migrations", "taskqueue", "notify", *STAGES, *FRONTS, "loopfree")
 
 # Which project packages each package may import (besides itself). Keep in step with the table in
 # docs/architecture.md.
@@ -37,6 +39,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     **{stage: frozenset({"core", "storage", "taskqueue", "notify"}) for stage in STAGES},
     # An export reads rows and objects; it never publishes, so it needs no broker.
     "export": frozenset({"core", "storage"}),
+    # The HTTP API calls the intake and the status queries the CLI calls: it sits above those
+    # two stages (which never import it) and below the CLI.
+    "api": frozenset({"core", "storage", "taskqueue", "producer", "status"}),
+    # The Python client talks HTTP only; of the server it may use one module (below).
+    "loopfree_client": frozenset(),
     "loopfree": frozenset(PACKAGES) - {"loopfree"},
 }
 
@@ -45,7 +52,10 @@ ALLOWED: dict[str, frozenset[str]] = {
 # taskqueue both, so they cannot sit in a base layer. One way only: fleet never imports worker
 # (the cycle check below would say so).
 ALLOWED_MODULES: dict[str, frozenset[str]] = {
-    "worker": frozenset({"fleet.reconcile", "fleet.dispatch"})
+    "worker": frozenset({"fleet.reconcile", "fleet.dispatch"}),
+    # The folder sync of `results --download`, so `Submission.download` writes what the CLI
+    # writes; it imports nothing of the project at run time (checked below).
+    "loopfree_client": frozenset({"status.download"}),
 }
 
 SQL_PACKAGES = ("storage", "migrations")
@@ -62,6 +72,9 @@ CONFINED: dict[str, tuple[str, ...]] = {
     "safetensors": MODEL_PACKAGES,
     # The [export] extra: only `loopfree export` may need it, so the slim install works without.
     "pyarrow": ("export",),
+    # The API's framework and its streaming JSON reader: the web view stays on plain Starlette.
+    "fastapi": ("api",),
+    "ijson": ("api",),
 }
 MODEL_STACK = tuple(name for name, where in CONFINED.items() if where == MODEL_PACKAGES)
 
@@ -288,6 +301,26 @@ assert not loaded, f"the submit/status path imported {{loaded}}"
     env.update(LOOPFREE_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-c", program], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_python_client_loads_nothing_of_the_server_stack() -> None:
+    # `pip install loopfree-queue` users import it in notebooks: no SQL, broker, S3 or model
+    # libraries, no server package beyond the folder sync (whose own imports are checked here).
+    program = """
+import sys
+import loopfree_client
+from loopfree_client import AsyncClient, Client
+import status.download
+heavy = {"sqlalchemy", "psycopg", "alembic", "celery", "kombu", "redis", "boto3", "botocore",
+         "awscrt", "fastapi", "starlette", "pydantic", "torch", "diffusers", "transformers",
+         "core", "storage", "producer", "api", "taskqueue", "worker"}
+loaded = sorted({name.split(".")[0] for name in sys.modules} & heavy)
+assert not loaded, f"the client imported {loaded}"
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
 

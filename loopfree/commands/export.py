@@ -41,8 +41,11 @@ def export(
     ),
     status_: Annotated[
         list[str] | None,
-        typer.Option("--status", help="Only jobs in this status (repeatable); only succeeded "
-                     "jobs have images, the rest are counted in _stats.json."),
+        typer.Option(
+            "--status",
+            help="Only jobs in this status (repeatable); only succeeded "
+            "jobs have images, the rest are counted in _stats.json.",
+        ),
     ] = None,
     metadata: Annotated[
         list[str] | None,

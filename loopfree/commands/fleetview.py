@@ -36,7 +36,8 @@ def workers(
         return
     if not records:
         typer.secho(
-            "no live worker" + (f" serves {wanted}" if wanted else "")
+            "no live worker"
+            + (f" serves {wanted}" if wanted else "")
             + "; start one with `loopfree worker --model MODEL`",
             err=True,
         )

@@ -121,7 +121,6 @@ def _job_row(record: dict[str, Any]) -> list[str]:
     ]
 
 
-
 def wait(
     identifier: Annotated[str, typer.Argument(metavar="SUBMISSION_ID")],
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,

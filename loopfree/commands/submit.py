@@ -32,7 +32,6 @@ Priority = Enum("Priority", {name: name for name in PRIORITY_LEVELS}, type=str)
 ImageFormat = Enum("ImageFormat", {name: name for name in IMAGE_FORMATS}, type=str)
 
 
-
 class InputFormat(str, Enum):
     txt = "txt"
     jsonl = "jsonl"

@@ -26,12 +26,21 @@ def ui(
 
     from loopfree import resources
     from status.web.app import create_app
-    from status.web.security import check_bind
+    from status.web.security import check_bind, is_loopback
+    from storage.db import session_scope
+    from storage.tokens import any_token
 
     settings = get_settings()
     token = settings.ui_token.get_secret_value() if settings.ui_token else None
-    check_bind(host, token)
-    app = create_app(settings, engine=resources.engine(), store=resources.store())
+    with session_scope(resources.engine()) as session:
+        api_tokens = any_token(session)
+    check_bind(host, token, api_tokens=api_tokens)
+    app = create_app(
+        settings,
+        engine=resources.engine(),
+        store=resources.store(),
+        require_token=not is_loopback(host),
+    )
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"loopfree ui on http://{shown}:{port}/" + (" (token required)" if token else ""))
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)

@@ -44,12 +44,12 @@ from core.errors import LoopfreeError, RetryableError, UserError
 from core.settings import Settings
 from status.queries import stats
 from status.web import manifest, views
-from status.web.security import Guard
+from status.web.security import ApiTokens, Guard, viewer_owner
 from status.web.thumbs import HASH_PREFIX_CHARS, THUMB_PX, ThumbnailCache
+from storage.access import resolve_owned
 from storage.db import Engine, make_engine, session_scope
 from storage.gallery import JobFilter, job_for_image
 from storage.ids import AmbiguousId
-from storage.ids import resolve as resolve_id
 from storage.objects import ObjectNotFound, ObjectStore, store_for
 from storage.progress import STAGES
 
@@ -76,26 +76,30 @@ class WebView:
         """The full id in the path: a whole id, or a unique prefix of one (4+ characters,
         git-style, as the CLI takes them); an ambiguous prefix is a 400 naming the candidates."""
         value = request.path_params[name]
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            pass
+        if viewer_owner(request.scope) is None:
+            try:
+                return str(uuid.UUID(value))
+            except ValueError:
+                pass
         kind = "submission" if name == "submission_id" else "job"
+        owner = viewer_owner(request.scope)
         try:
             with session_scope(self.engine) as session:
-                match = resolve_id(session, value, kinds=(kind,))
+                found = resolve_owned(session, value, kind, owner)
         except AmbiguousId:
             raise
         except UserError:  # not an id prefix at all: no such page
-            match = None
-        if match is None:
+            found = None
+        if found is None:
             raise views.NotFound(f"no {kind} has an id starting with {value!r}")
-        return match.id
+        return found
 
     # -- HTML ---------------------------------------------------------------------------------
 
     def submissions(self, request: Request) -> Response:
-        summaries, page = views.submissions_page(self.engine, request.query_params.get("before"))
+        summaries, page = views.submissions_page(
+            self.engine, request.query_params.get("before"), owner=viewer_owner(request.scope)
+        )
         refresh = any(summary["open"] for summary in summaries)
         return self.render("submissions.html", submissions=summaries, page=page, refresh=refresh)
 
@@ -219,7 +223,9 @@ class WebView:
     # -- JSON ---------------------------------------------------------------------------------
 
     def api_submissions(self, request: Request) -> Response:
-        summaries, page = views.submissions_page(self.engine, request.query_params.get("before"))
+        summaries, page = views.submissions_page(
+            self.engine, request.query_params.get("before"), owner=viewer_owner(request.scope)
+        )
         return JSONResponse({"submissions": summaries, **page.as_json()})
 
     def api_submission(self, request: Request) -> Response:
@@ -286,8 +292,11 @@ def create_app(
     *,
     engine: Engine | None = None,
     store: ObjectStore | None = None,
+    require_token: bool = False,
 ) -> Guard:
-    """The web view on the configured database and store, wrapped in its ``Guard``."""
+    """The web view on the configured database and store, wrapped in its ``Guard``, which
+    takes the UI token or a token of the HTTP API. ``require_token``: ask for a token even
+    without a UI token (a view listening beyond loopback on API tokens alone)."""
     engine = engine or make_engine(settings.resolved_database_url)
     store = store or store_for(settings)
     view = WebView(
@@ -312,7 +321,7 @@ def create_app(
         },
     )
     token = settings.ui_token.get_secret_value() if settings.ui_token else None
-    return Guard(app, token)
+    return Guard(app, token, api_tokens=ApiTokens(engine), required=require_token)
 
 
 def image_type(data: bytes) -> str:

@@ -2,12 +2,14 @@
 
 - **Read-only.** Only GET and HEAD reach the app; any other method is answered 405 here, before
   routing, so no route added later can change state by accident.
-- **Token.** With ``LOOPFREE_UI_TOKEN`` set, every request must carry it, one of two ways:
-  ``Authorization: Bearer TOKEN`` (scripts, the JSON API), or for a browser, open any page once
-  with ``?token=TOKEN``: the answer is a redirect to the same address without the token, setting
-  an HttpOnly, SameSite=Strict cookie that holds an HMAC of the token (not the token itself), so
-  the token leaves the address bar and the history and is never sent to another site. Anything
-  else is answered 401.
+- **Token.** With ``LOOPFREE_UI_TOKEN`` set (or listening beyond loopback), every request must
+  carry a token, one of two ways: ``Authorization: Bearer TOKEN`` (scripts, the JSON API), or
+  for a browser, open any page once with ``?token=TOKEN``: the answer is a redirect to the same
+  address without the token, setting an HttpOnly, SameSite=Strict cookie that holds an HMAC of
+  the token (not the token itself), so the token leaves the address bar and the history and is
+  never sent to another site. Anything else is answered 401. The token is the UI token or any
+  live token of the HTTP API (``loopfree tokens create``, ``storage.tokens``): an admin's sees
+  everything, another sees only its owner's submissions (the request's ``viewer``).
 - **Clean text.** A query string or path that holds a NUL byte or is not UTF-8 is answered 400
   here, saying which: no text that PostgreSQL cannot hold (NUL) or that would be silently
   replaced (bad UTF-8) reaches a query.
@@ -25,11 +27,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes, urlencode
 
+import anyio.to_thread
 from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from core.errors import UserError
+from storage.db import Engine, session_scope
+from storage.tokens import Caller, caller_of, cookie_proof, looks_like_token, verify_cookie
+from storage.tokens import verify_token as verify_api_token
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,10 +75,11 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse to serve prompts and images to the network without a token, or with a short one."""
+def check_bind(host: str, token: str | None, *, api_tokens: bool = False) -> None:
+    """Refuse to serve prompts and images to the network without a token (the UI token, or
+    ``api_tokens``: tokens of the HTTP API exist), or with a short one."""
     check_token(token)
-    if token or is_loopback(host):
+    if token or api_tokens or is_loopback(host):
         return
     raise TokenRequired(
         f"`loopfree ui --host {host}` would serve every prompt and image to the network without "
@@ -95,14 +102,53 @@ def cookie_value(token: str) -> str:
     return hmac.new(token.encode(), b"loopfree-ui-cookie", hashlib.sha256).hexdigest()
 
 
+class ApiTokens:
+    """The HTTP API's tokens, as the web view checks them (a database read each: the guard runs
+    these in a worker thread)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def verify(self, token: str) -> tuple[Caller, str] | None:
+        """The caller a live token stands for, and the cookie that remembers it."""
+        with session_scope(self.engine) as session:
+            row = verify_api_token(session, token)
+            return None if row is None else (caller_of(row), cookie_proof(row))
+
+    def verify_cookie(self, value: str) -> Caller | None:
+        with session_scope(self.engine) as session:
+            row = verify_cookie(session, value)
+            return None if row is None else caller_of(row)
+
+
+VIEWER = "viewer"
+"""Where the guard leaves the ``Caller`` of an API token in the request's state; absent for the
+UI token or an open view (they see everything)."""
+
+
+def viewer_owner(scope: Scope) -> str | None:
+    """The owner whose work alone a request may see, or None for all."""
+    viewer = scope.get("state", {}).get(VIEWER)
+    return None if viewer is None or viewer.admin else viewer.owner
+
+
 class Guard:
     """ASGI middleware enforcing the rules in this module's docstring."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None,
+        *,
+        api_tokens: ApiTokens | None = None,
+        required: bool = False,
+    ) -> None:
         check_token(token or None)
         self.app = app
         self.token = token or None
         self.cookie = cookie_value(self.token) if self.token else None
+        self.api_tokens = api_tokens
+        self.required = required or self.token is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,7 +162,10 @@ class Guard:
                 message["headers"] = headers
             await send(message)
 
-        refusal = self.refusal(Request(scope))
+        request = Request(scope)
+        refusal = self.refusal(request)
+        if refusal is None and self.required and not self.carries_token(request):
+            refusal = await self.api_token_refusal(request, scope)
         if refusal is not None:
             await refusal(scope, receive, send_with_headers)
             return
@@ -133,15 +182,46 @@ class Guard:
         problem = unclean_text(request.scope)
         if problem is not None:
             return self.bad_request(request, problem)
-        if self.token is None or self.carries_token(request):
+        if not self.required or self.carries_token(request):
             return None
         offered = request.query_params.get("token")
-        if offered is not None and hmac.compare_digest(offered.encode(), self.token.encode()):
-            return self.remember(request)
+        if (
+            offered is not None
+            and self.token is not None
+            and hmac.compare_digest(offered.encode(), self.token.encode())
+        ):
+            assert self.cookie is not None
+            return self.remember(request, self.cookie)
+        return None  # an API token, perhaps: ``api_token_refusal`` decides
+
+    async def api_token_refusal(self, request: Request, scope: Scope) -> Response | None:
+        """Let a live API token through (as its viewer), by header, cookie or ``?token=``;
+        otherwise the 401."""
+        if self.api_tokens is not None:
+            scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+            credentials = credentials.strip()
+            offered = request.query_params.get("token", "")
+            cookie = request.cookies.get(COOKIE_NAME, "")
+            if scheme.lower() == "bearer" and looks_like_token(credentials):
+                found = await anyio.to_thread.run_sync(self.api_tokens.verify, credentials)
+                if found is not None:
+                    scope.setdefault("state", {})[VIEWER] = found[0]
+                    return None
+            elif looks_like_token(offered):
+                found = await anyio.to_thread.run_sync(self.api_tokens.verify, offered)
+                if found is not None:
+                    return self.remember(request, found[1])
+            elif cookie and "." in cookie:
+                viewer = await anyio.to_thread.run_sync(self.api_tokens.verify_cookie, cookie)
+                if viewer is not None:
+                    scope.setdefault("state", {})[VIEWER] = viewer
+                    return None
         return self.unauthorized(request)
 
     def carries_token(self, request: Request) -> bool:
-        assert self.token is not None and self.cookie is not None
+        """Whether the request carries the UI token (header or cookie)."""
+        if self.token is None or self.cookie is None:
+            return False
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
             credentials.strip().encode(), self.token.encode()
@@ -150,15 +230,14 @@ class Guard:
         cookie = request.cookies.get(COOKIE_NAME, "")
         return hmac.compare_digest(cookie.encode(), self.cookie.encode())
 
-    def remember(self, request: Request) -> Response:
+    def remember(self, request: Request, cookie: str) -> Response:
         """Redirect to the same address without ``?token=``, setting the cookie."""
-        assert self.cookie is not None
         kept = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
         target = URL(path=request.url.path, query=urlencode(kept))
         response = RedirectResponse(str(target), status_code=303)
         response.set_cookie(
             COOKIE_NAME,
-            self.cookie,
+            cookie,
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
@@ -175,8 +254,9 @@ class Guard:
     @staticmethod
     def unauthorized(request: Request) -> Response:
         message = (
-            "this loopfree web view needs its token (LOOPFREE_UI_TOKEN): send "
-            "'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN"
+            "this loopfree web view needs a token (LOOPFREE_UI_TOKEN, or an API token of "
+            "`loopfree tokens create`): send 'Authorization: Bearer TOKEN', or open the page "
+            "once with ?token=TOKEN"
         )
         headers = {"WWW-Authenticate": 'Bearer realm="loopfree"'}
         if request.url.path.startswith("/api/"):

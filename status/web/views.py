@@ -56,13 +56,16 @@ class SubmissionsPage:
 
 
 def submissions_page(
-    engine: Engine, before: str | None = None
+    engine: Engine, before: str | None = None, *, owner: str | None = None
 ) -> tuple[list[dict[str, Any]], SubmissionsPage]:
     """The ``SUBMISSIONS_PER_PAGE`` submissions created before the cursor ``before``
-    (``created_at,id`` of the last one of the previous page), or the newest."""
+    (``created_at,id`` of the last one of the previous page), or the newest; only ``owner``'s
+    if given (a viewer with an owner's API token)."""
     cursor = parse_cursor(before) if before else None
     with session_scope(engine) as session:
-        found = list_submissions(session, limit=SUBMISSIONS_PER_PAGE + 1, before=cursor)
+        found = list_submissions(
+            session, limit=SUBMISSIONS_PER_PAGE + 1, before=cursor, owner=owner
+        )
         shown = found[:SUBMISSIONS_PER_PAGE]
         summaries = summarize(session, shown)
     older = None

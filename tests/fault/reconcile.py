@@ -59,7 +59,7 @@ def assert_reconciled(
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(check, succeeded))
 
-    stored = {key for submission_id in submission_ids for key in store.submission_keys(submission_id)}
+    stored = {key for sid in submission_ids for key in store.submission_keys(sid)}
     extra = stored - expected_keys
     assert not extra, f"{len(extra)} objects belong to no succeeded job: {sorted(extra)[:5]}"
     assert stored == expected_keys  # and every succeeded job's object is listed

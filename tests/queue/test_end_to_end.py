@@ -69,7 +69,8 @@ def test_a_few_hundred_prompts_become_stored_images_equal_to_local_generation(
     store = open_store(
         settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url, region="us-east-1"
     )
-    assert len(list(store.submission_keys(report.submission_id))) == 240  # one object per job, no extras
+    # One object per job, no extras.
+    assert len(list(store.submission_keys(report.submission_id))) == 240
 
     sampler = TiUESampler(load_model(str(queue_model_dir), device="cpu"))
     batch_sizes = set()
