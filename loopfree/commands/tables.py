@@ -50,7 +50,12 @@ def print_table(columns: Sequence[Column], rows: Iterable[Sequence[str]], *, wid
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*(column.header for column in columns))
+    table = Table()
+    for column in columns:
+        # A shortened id stays whole at its short width however narrow the window: it is what
+        # people copy into the next command. The other columns shrink and wrap instead.
+        fixed = column.short is not None and column.short <= 12
+        table.add_column(column.header, no_wrap=fixed, min_width=column.short if fixed else None)
     for row in rows:
         cells = zip(columns, row, strict=True)
         table.add_row(*(_cut(value, column.short) for column, value in cells))

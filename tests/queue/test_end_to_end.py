@@ -64,7 +64,7 @@ def test_a_few_hundred_prompts_become_stored_images_equal_to_local_generation(
         assert worker.stop() == 0
 
     engine = make_engine(settings.resolved_database_url)
-    records = list(list_jobs(engine, submission_id=report.submission_id, status=None, limit=None))
+    records = list(list_jobs(engine, submission_id=report.submission_id, stage=None, limit=None))
     assert [r["status"] for r in records] == ["succeeded"] * 240
     store = open_store(
         settings.resolved_storage_url, endpoint_url=settings.s3_endpoint_url, region="us-east-1"

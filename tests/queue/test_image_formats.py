@@ -80,13 +80,13 @@ def test_each_job_is_stored_in_its_format_with_matching_key_and_content_type(
     for job, (fmt, quality) in zip(jobs, CASES, strict=True):
         extension, content_type, pillow_format = CASES[(fmt, quality)]
         assert (job.image_format, job.image_quality) == (fmt, quality)
-        assert job.image_uri == s3_store.uri_for(f"{ref.id}/{job.id}.{extension}")
+        assert job.image_uri == s3_store.uri_for(s3_store.key_for(ref.id, job.id, extension))
         data = s3_store.get(job.image_uri)
         assert job.image_sha256 == hashlib.sha256(data).hexdigest()
         assert job.image_bytes == len(data)
         head = s3_store._client.head_object(  # type: ignore[attr-defined]
             Bucket=s3_store.bucket,  # type: ignore[attr-defined]
-            Key=f"outputs/{ref.id}/{job.id}.{extension}",
+            Key=f"outputs/{s3_store.key_for(ref.id, job.id, extension)}",
         )
         assert head["ContentType"] == content_type
         image = Image.open(io.BytesIO(data))
