@@ -110,7 +110,7 @@ def _readiness(context: Context) -> Response:
     try:
         with session_scope(context.engine) as session:
             ping(session)
-        check_broker(context.celery, doing="serve the API")
+        check_broker(context.celery, outcome="the API cannot take submissions")
     except LoopfreeError as error:
         return PlainTextResponse(f"not ready: {error}", status_code=503)
     return PlainTextResponse("ready")
