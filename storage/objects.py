@@ -13,6 +13,7 @@ the recorded ``jobs.image_sha256`` is that same digest.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -24,10 +25,14 @@ from urllib.parse import urlsplit
 from core.errors import StoreUnavailable, UserError
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
+
 PNG_CONTENT_TYPE = "image/png"
 PROBE_KEY = "_loopfree/probe"
 """Where ``ObjectStore.probe`` writes: outside every submission's folder (submission ids are
 UUIDs), overwritten by each probe, so it is one small object however long an outage lasts."""
+ACCESS_CHECK_PREFIX = "_loopfree/access-check/"
+"""Where ``ObjectStore.verify_access`` writes, reads back and deletes one object per check."""
 
 
 class InvalidStorageUrl(UserError):
@@ -119,13 +124,23 @@ class ObjectStore(ABC):
         credentials may write and read (a worker checks this before it takes a job). Raises the
         store's one-line errors (``BucketNotFound``, ``StoreAccessDenied``, ``StoreUnavailable``)
         or ``StoreRejected`` if the bytes read back differ."""
-        data = f"loopfree access check {uuid.uuid4()}".encode()
-        self.put(PROBE_KEY, data, content_type="text/plain", sha256=sha256_hex(data), metadata={})
-        if self.get(PROBE_KEY) != data:
-            raise StoreRejected(
-                f"the object store at {self.url} gave back other bytes than were written to "
-                f"{PROBE_KEY}; check LOOPFREE_STORAGE_URL and that nothing rewrites objects"
-            )
+        # A key of its own: workers starting together, or a paused worker's probe, would
+        # otherwise overwrite each other's check between its write and its read.
+        check = uuid.uuid4().hex
+        key = f"{ACCESS_CHECK_PREFIX}{check}"
+        data = f"loopfree access check {check}".encode()
+        self.put(key, data, content_type="text/plain", sha256=sha256_hex(data), metadata={})
+        try:
+            if self.get(key) != data:
+                raise StoreRejected(
+                    f"the object store at {self.url} gave back other bytes than were written to "
+                    f"{key}; check LOOPFREE_STORAGE_URL and that nothing rewrites objects"
+                )
+        finally:
+            try:
+                self.delete(key)
+            except Exception:  # noqa: BLE001 - writing is what a worker needs, not deleting
+                log.info("could not delete the access check %s; it is a few bytes", key)
 
     def put_file(self, key: str, path: Path, *, content_type: str) -> StoredObject:
         """Store the file at ``path`` under ``key`` (exports write shards of up to a GB this

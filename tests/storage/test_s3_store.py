@@ -192,3 +192,19 @@ def test_a_submissions_spread_keys_are_found_under_every_lead(s3_store: S3Store)
 
     assert mine[0] == "00/sub-a/00aa.png"
     assert sorted(s3_store.submission_keys("sub-a")) == sorted(mine)
+
+
+def test_workers_checking_the_store_at_once_do_not_spoil_each_others_check(
+    s3_store: S3Store,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from storage.objects import ACCESS_CHECK_PREFIX
+
+    def check_and_probe(_: int) -> None:
+        s3_store.verify_access()  # as a worker does at start
+        s3_store.probe()  # as a paused worker does, on the shared probe key
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(check_and_probe, range(32)))
+    assert not list(s3_store.list_keys(ACCESS_CHECK_PREFIX))  # each check cleans up after itself

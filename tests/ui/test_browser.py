@@ -230,7 +230,7 @@ def test_with_a_token_the_browser_is_refused_until_it_opens_a_page_with_it(
     app, token = served_with_token
     page = f"{app.url}/submissions/{rendered_run.submission_id}"
     open_page(browser, page)
-    assert "needs its token" in browser.find_element(By.TAG_NAME, "body").text
+    assert "needs a token" in browser.find_element(By.TAG_NAME, "body").text
     assert not browser.find_elements(By.CSS_SELECTOR, "#jobs")
 
     open_page(browser, f"{page}?token={token}")
