@@ -12,60 +12,30 @@ broker has no priorities: there jobs run in submission order.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterable, Sequence
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu import Queue
 
 from core.errors import BrokerUnavailable
-from core.jobspec import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from core.jobspec import DEFAULT_PRIORITY, MAX_PRIORITY
 from core.settings import Settings, mask_url
 from taskqueue import lean_message
+from taskqueue.queues import (  # noqa: F401 - the names every caller of the app uses
+    GENERATE_TASK,
+    PRIORITY_STEPS,
+    QUEUE_PREFIX,
+    REDIS_SEP,
+    broker_priority,
+    job_priority,
+    model_queue,
+    model_queue_named,
+    queue_name,
+)
 
-GENERATE_TASK = "loopfree.generate"
 # Every loopfree.generate message this process publishes leaves out the headers a worker reads
 # with a default: under 1 KiB of Redis per waiting job (``taskqueue.lean_message``).
 lean_message.connect(GENERATE_TASK)
-QUEUE_PREFIX = "loopfree."
-# Celery's Redis transport groups priorities 0-9 into these steps; 0 is served first.
-PRIORITY_STEPS = [0, 3, 6, 9]
-# kombu's default Redis separator (``kombu.transport.redis.Channel.sep``): a priority step's list
-# is ``queue + REDIS_SEP + step``, e.g. ``loopfree.m\x06\x163``.
-REDIS_SEP = "\x06\x16"
-
-
-# Characters kept of the model's name, for people reading queue names; the hash makes it unique.
-QUEUE_LABEL_CHARS = 80
-
-
-def queue_name(model: str) -> str:
-    """The queue that workers of ``model`` consume: ``loopfree.senmaonk-loopfree-sd1.5.1b4c…``.
-
-    A readable label of the model plus a hash of its exact name: the label alone would give the
-    hub id ``models/x-tiny`` and the folder ``models/x/tiny`` one queue, and each would then take
-    the other's jobs (and fail them).
-    """
-    label = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.")[-QUEUE_LABEL_CHARS:]
-    digest = hashlib.sha256(model.encode()).hexdigest()[:12]
-    return f"{QUEUE_PREFIX}{label}.{digest}"
-
-
-def broker_priority(job_priority: int) -> int:
-    """A job priority (``MAX_PRIORITY`` = high) as the Redis transport's (0 = served first)."""
-    return _mirror(job_priority)
-
-
-def job_priority(delivered_priority: int) -> int:
-    """The inverse of ``broker_priority``: a delivered message's priority as the job's."""
-    return _mirror(delivered_priority)
-
-
-def _mirror(priority: int) -> int:
-    # Both scales span MIN_PRIORITY..MAX_PRIORITY in opposite directions, so one mirror maps each
-    # onto the other. A value outside (a message published elsewhere) is held at the nearest end.
-    return MIN_PRIORITY + MAX_PRIORITY - max(MIN_PRIORITY, min(MAX_PRIORITY, priority))
 
 
 def restore_interval_s(visibility_timeout_s: float) -> int:
@@ -129,20 +99,6 @@ def make_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
-
-
-def model_queue(model: str) -> Queue:
-    return model_queue_named(queue_name(model))
-
-
-def model_queue_named(name: str) -> Queue:
-    """The queue ``name`` on the default exchange, which routes by queue name.
-
-    Not a named exchange: on Redis, kombu routes a named exchange through a binding set it keeps
-    in Redis but declares only once per process, so after Redis lost its data a long-lived
-    publisher (a worker handing jobs back) would route into nothing, silently.
-    """
-    return Queue(name, Exchange(""), routing_key=name, max_priority=MAX_PRIORITY)
 
 
 def publish_jobs(

@@ -78,7 +78,7 @@ class MessageTemplate:
     def capture(cls, app: Celery, queue_name: str, broker_priority: int) -> MessageTemplate:
         """Have Celery publish a placeholder job to ``queue_name`` over kombu's in-memory
         transport, the way ``publish_jobs`` does, and turn the message into a template."""
-        from taskqueue.app import GENERATE_TASK, model_queue_named
+        from taskqueue.queues import GENERATE_TASK, model_queue_named
 
         queue = model_queue_named(queue_name)
         # transport= as well: the app's broker_transport (taskqueue.dead_letters) would win.

@@ -31,7 +31,7 @@ from worker.retrying import Publish, backoff_seconds, retry_while_unavailable
 
 if TYPE_CHECKING:
     from storage.db import Engine
-    from worker.batch import BatchReport
+    from worker.report import BatchReport
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def submit_from(ctx: typer.Context, settings: Settings, options: dict[str, Any])
     submission's id (and follow it with ``--wait``)."""
     from core.jobspec import check_owner
     from loopfree import resources
-    from loopfree.commands.submit import _check_models, _report_plan
+    from loopfree.commands.planning import check_models_served, report_plan
     from producer.reroll import Reroll, plan_reroll, submit_reroll
     from status.queries import resolve_id
     from storage.models import JobStatus
@@ -84,8 +84,8 @@ def submit_from(ctx: typer.Context, settings: Settings, options: dict[str, Any])
     require = options["require_worker"]
     if options["dry_run"]:
         plan = plan_reroll(settings, reroll, engine=engine)
-        _report_plan(plan)
-        _check_models(plan, require=require)
+        report_plan(plan)
+        check_models_served(plan, require=require)
         return
     owner = options["owner"]
     report = submit_reroll(
@@ -96,7 +96,7 @@ def submit_from(ctx: typer.Context, settings: Settings, options: dict[str, Any])
         key=options["key"],
         webhook_url=options["webhook"],
         owner=check_owner(owner) if owner is not None else None,
-        check=lambda plan: _check_models(plan, require=require),
+        check=lambda plan: check_models_served(plan, require=require),
     )
     if not report.created:
         typer.secho(

@@ -21,10 +21,10 @@ from core.jobspec import (
     PRIORITY_LEVELS,
 )
 from core.settings import get_settings
+from loopfree.commands.planning import check_models_served, report_plan
 
 if TYPE_CHECKING:
     from producer.prompts import ParseResult
-    from producer.submit import FilePlan
 
 # The priority names a job accepts, as typer's choices.
 Priority = Enum("Priority", {name: name for name in PRIORITY_LEVELS}, type=str)
@@ -159,8 +159,8 @@ def submit(
             check_submission_options(settings, webhook_url=webhook, key=key, source=path.name)
             plan = plan_file(settings, path, defaults, skip_invalid=skip_invalid, format=format)
             _report_skipped(plan.parse)
-            _report_plan(plan)
-            _check_models(plan, require=require_worker)
+            report_plan(plan)
+            check_models_served(plan, require=require_worker)
             return
         report = submit_file(
             settings,
@@ -174,7 +174,7 @@ def submit(
             webhook_url=webhook,
             owner=owner,
             format=format,
-            check=lambda plan: _check_models(plan, require=require_worker),
+            check=lambda plan: check_models_served(plan, require=require_worker),
             progress=sys.stderr.isatty(),
         )
     _report_skipped(report.parse)
@@ -218,46 +218,6 @@ def _report_skipped(parsed: ParseResult) -> None:
     for error in parsed.skipped:
         typer.secho(f"skipped line {error.line_number}: {error.reason}", err=True)
     typer.secho(parsed.summary(), fg=typer.colors.YELLOW, err=True)
-
-
-def _report_plan(plan: FilePlan) -> None:
-    typer.echo(f"dry run: {plan.jobs} valid job(s), nothing queued")
-    for model, count in sorted(plan.models.items()):
-        typer.echo(f"  {count} for {model}")
-
-
-def _check_models(plan: FilePlan, *, require: bool) -> None:
-    """Before anything is queued: refuse a hub id the hub does not know, and say loudly which
-    models no live worker serves (their jobs wait until one starts); with ``require``, refuse
-    those too."""
-    from core.errors import UserError
-    from loopfree import resources
-    from producer.models import check_models
-    from storage.db import session_scope
-    from storage.workers import list_workers
-
-    models = sorted(plan.models)
-    with session_scope(resources.engine()) as session:
-        live = {row.model for row in list_workers(session)}
-    for warning in check_models(models, live):
-        typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
-    unserved = [m for m in models if m not in live]
-    if not unserved:
-        return
-    names = ", ".join(unserved)
-    start = f"`loopfree worker --model {unserved[0]}`; `loopfree workers` lists live ones"
-    if require:
-        raise UserError(
-            f"no live worker serves {names}, so nothing was queued (--require-worker); start "
-            f"one ({start}) and submit again, or submit without --require-worker to let the "
-            "jobs wait for one"
-        )
-    typer.secho(
-        f"WARNING: no live worker serves {names}; its jobs wait until one starts ({start})",
-        fg=typer.colors.YELLOW,
-        bold=True,
-        err=True,
-    )
 
 
 def register(app: typer.Typer) -> None:
