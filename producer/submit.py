@@ -153,6 +153,7 @@ def submit_file(
                 owner=owner, format=format, check=check, progress=progress,
             )  # fmt: skip
     from producer.options import check_submission_options
+    from storage.bulk import refresh_statistics
     from storage.db import session_scope
     from storage.submissions import create_submission, find_by_key
     from taskqueue.app import check_broker
@@ -200,6 +201,8 @@ def submit_file(
         total=plan.jobs,
         progress=progress,
     )
+    with session_scope(engine) as session:
+        refresh_statistics(session, inserted)  # a listing's plan must see a million new rows
     published = _publish(app, engine, straight_out)
     return SubmitReport(
         submission_id=ref.id,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import JSON, insert
+from sqlalchemy import JSON, insert, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -138,3 +138,25 @@ def _chunks(rows: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[A
     iterator = iter(rows)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+# A bulk insert this large relative to the table leaves the planner's row estimates stale until
+# autovacuum analyzes it (a minute later at best; never where it is off): a listing's
+# ``ORDER BY position LIMIT 1000`` then sorts a million rows instead of walking the key.
+ANALYZE_FRACTION = 0.1
+ANALYZE_MIN_ROWS = 10_000
+
+
+def refresh_statistics(session: Session, inserted: int) -> bool:
+    """``ANALYZE jobs, flows`` on PostgreSQL after ``inserted`` rows if they are at least
+    ``ANALYZE_MIN_ROWS`` and a tenth of what the planner last counted (what autovacuum's own
+    threshold would wait for). Returns whether it ran; SQLite plans without statistics here."""
+    if session.get_bind().dialect.name != "postgresql" or inserted < ANALYZE_MIN_ROWS:
+        return False
+    estimated = session.execute(
+        text("SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass")
+    ).scalar_one()
+    if estimated > 0 and inserted < ANALYZE_FRACTION * estimated:
+        return False
+    session.execute(text("ANALYZE jobs, flows"))
+    return True
