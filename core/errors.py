@@ -4,6 +4,7 @@
   ``UserError``          bad input or configuration: fix the input, retrying will not help
     ``InvalidJob``        one job's fields are invalid
     ``ModelNotFound``     weights could not be found or downloaded
+    ``InvalidSettings``   a ``LOOPFREE_*`` variable has a value the settings refuse
   ``RetryableError``     a dependency is unavailable for now: retry with backoff
     ``DatabaseUnavailable``, ``BrokerUnavailable``, ``StoreUnavailable``
 
@@ -24,6 +25,10 @@ class UserError(LoopfreeError):
 
 class InvalidJob(UserError):
     """A job's fields are invalid (empty prompt, bad size, seed out of range, ...)."""
+
+
+class InvalidSettings(UserError):
+    """A ``LOOPFREE_*`` environment variable (or .env entry) holds a value the settings refuse."""
 
 
 class ModelNotFound(UserError):

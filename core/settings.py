@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import InvalidSettings
 from core.webhooks import WebhookPolicy
 
 DEFAULT_MODEL = "senmaonk/loopfree-sd1.5"
@@ -267,8 +268,30 @@ class Settings(BaseSettings):
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read from the environment on first use."""
-    return Settings()
+    """The process's settings, read from the environment on first use. A value the settings
+    refuse is an ``InvalidSettings`` naming each variable and what it takes, not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise InvalidSettings(settings_problems(error)) from None
+
+
+# Values of these settings are never echoed back: they may hold secrets.
+_SECRET_HINTS = ("token", "password", "secret", "key")
+
+
+def settings_problems(error: ValidationError) -> str:
+    """One line per refused variable: its name, what was wrong, and its value where safe."""
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        name = f"LOOPFREE_{field.upper()}"
+        value = item.get("input")
+        shown = ""
+        if isinstance(value, str) and not any(hint in field for hint in _SECRET_HINTS):
+            shown = f" (got {mask_url(value)!r})" if "url" in field else f" (got {value!r})"
+        problems.append(f"{name}: {item['msg']}{shown}")
+    return "; ".join(problems) + ". Fix or unset the variable(s) and run the command again"
 
 
 def mask_url(url: str) -> str:
