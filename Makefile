@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints/lock.txt constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints/lock.txt -c constraints/cpu.txt -e ".[test]"
+	$(BIN)/pip install -q -c constraints/lock.txt -c constraints/cpu.txt -e ".[test,bench]"
 	touch $(STAMP)
 
 demo: $(STAMP)

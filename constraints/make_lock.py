@@ -77,7 +77,9 @@ def closure() -> dict[str, str]:
         try:
             versions[key] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            sys.exit(f"{name} is required but not installed: pip install -e '.[test]' first")
+            sys.exit(
+                f"{name} is required but not installed: run `make .venv/.installed` first"
+            )
         for requirement in requirements_of(name, extras):
             todo.append((requirement.name, frozenset(requirement.extras)))
     return versions
