@@ -58,7 +58,7 @@ def create_app(
     while no token exists (for an API on loopback only; see ``api.auth``). ``clock``: the time
     daily quotas count in (tests move it to tomorrow)."""
     from storage.db import make_engine
-    from storage.objects import store_for
+    from storage.stores import store_for
     from taskqueue.app import make_celery
 
     engine = engine or make_engine(settings.resolved_database_url)

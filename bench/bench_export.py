@@ -48,7 +48,8 @@ from migrations.runner import upgrade  # noqa: E402
 from storage import jobs as transitions  # noqa: E402
 from storage.db import make_engine, session_scope  # noqa: E402
 from storage.jobs import JobResult  # noqa: E402
-from storage.objects import open_store, sha256_hex  # noqa: E402
+from storage.objects import sha256_hex  # noqa: E402
+from storage.stores import open_store  # noqa: E402
 from storage.submissions import create_submission, insert_jobs, job_id_for  # noqa: E402
 from tests.harness import (  # noqa: E402
     PG_ADMIN_URL,

@@ -304,7 +304,7 @@ def bench_batching(
 def bench_model(
     args: argparse.Namespace, workdir: Path, shape: str, services: Services
 ) -> dict[str, Any]:
-    from storage.objects import open_store
+    from storage.stores import open_store
     from taskqueue.app import queue_name
 
     model = make_bench_model(workdir / f"model-{shape}", shape)

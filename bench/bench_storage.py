@@ -36,8 +36,9 @@ from core.jobspec import ParsedJob  # noqa: E402
 from migrations.runner import upgrade  # noqa: E402
 from storage.db import make_engine, session_scope  # noqa: E402
 from storage.models import JobStatus  # noqa: E402
-from storage.objects import ObjectStore, open_store  # noqa: E402
+from storage.objects import ObjectStore  # noqa: E402
 from storage.queries import count_by_status  # noqa: E402
+from storage.stores import open_store  # noqa: E402
 from storage.submissions import create_submission, insert_jobs  # noqa: E402
 from storage.uploads import UploadPool  # noqa: E402
 from tests.harness import (  # noqa: E402

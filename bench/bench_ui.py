@@ -42,7 +42,7 @@ from migrations.runner import upgrade  # noqa: E402
 from status.web.app import create_app  # noqa: E402
 from storage import jobs as transitions  # noqa: E402
 from storage.db import make_engine, session_scope  # noqa: E402
-from storage.objects import open_store  # noqa: E402
+from storage.stores import open_store  # noqa: E402
 from storage.submissions import create_submission, insert_jobs, job_id_for  # noqa: E402
 from tests.harness import (  # noqa: E402
     PG_ADMIN_URL,

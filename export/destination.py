@@ -26,7 +26,8 @@ from core.errors import UserError
 from core.settings import Settings
 from export.samples import CONTENT_TYPES
 from storage.local import fsync_folder
-from storage.objects import ObjectNotFound, ObjectStore, open_store, sha256_hex
+from storage.objects import ObjectNotFound, ObjectStore, sha256_hex
+from storage.stores import open_store
 
 STAGING = ".partial"
 UPLOAD_THREADS = 8

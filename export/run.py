@@ -29,7 +29,7 @@ from export.state import STATE_FILE, STATS_FILE, ExportState, ShardRecord
 from export.writers import WRITERS, ShardWriter, check_format_available
 from storage.db import Engine, make_engine
 from storage.models import utcnow
-from storage.objects import store_for
+from storage.stores import store_for
 
 Progress = Callable[[int, int, int], None]
 """Called after each job with (jobs looked at, samples written, image bytes) of this run."""

@@ -56,6 +56,6 @@ def _celery_app(settings: Settings) -> Celery:
 
 @functools.lru_cache(maxsize=4)
 def _store(settings: Settings) -> ObjectStore:
-    from storage.objects import store_for
+    from storage.stores import store_for
 
     return store_for(settings)

@@ -16,7 +16,8 @@ Modules, one concern each:
 - ``webhooks``     the durable webhook outbox: enqueue, claim due deliveries, record outcomes
 - ``ids``          unique id prefixes (git-style) of submissions and jobs
 - ``overview``     recent submissions with counts and rates, open models, recent finishes
-- ``objects``      the ``ObjectStore`` interface, ``open_store(url)`` and key helpers
+- ``objects``      the ``ObjectStore`` interface and key helpers
+- ``stores``       ``open_store(url)`` / ``store_for(settings)``: the backend a URL names
 - ``s3`` / ``local`` the two object store backends
 - ``uploads``      ``UploadPool``: bounded, back-pressured background uploads
 

@@ -1,7 +1,8 @@
 """Object storage for images: one small interface, two backends, configured by one URL.
 
-    open_store("s3://bucket/prefix", endpoint_url=..., region=...)   -> S3Store
-    open_store("file:///srv/loopfree/outputs")                        -> LocalStore
+    ObjectStore           the interface here, with the key and digest helpers
+    S3Store, LocalStore   its backends, in storage.s3 and storage.local
+    open_store(url)       in storage.stores: the backend a URL names
 
 Keys are relative to the store's prefix and deterministic per job
 (``{submission_id}/{job_id}.{png|webp|jpg}``), so a retried upload overwrites the first attempt
@@ -19,11 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 from core.errors import StoreUnavailable, UserError
-from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -219,51 +217,3 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or "\\" in key or "\0" in key or ".." in parts or "" in parts:
         raise ValueError(f"invalid object key {key!r}: use relative 'a/b/c.png' style keys")
     return key
-
-
-def store_for(settings: Settings) -> ObjectStore:
-    """The object store the settings name (``LOOPFREE_STORAGE_URL`` and its S3 endpoint)."""
-    return open_store(
-        settings.resolved_storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-    )
-
-
-def open_store(
-    url: str,
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    **s3_options: Any,
-) -> ObjectStore:
-    """The store for ``url``: ``s3://bucket[/prefix]`` or ``file:///absolute/path``.
-
-    ``endpoint_url`` selects an S3-compatible service (MinIO, moto, R2); ``region`` its region.
-    Credentials come from the standard AWS environment (variables, profile, instance role).
-    ``s3_options`` (timeouts, retry attempts, pool size) go to ``S3Store``.
-    """
-    parts = urlsplit(url)
-    if parts.scheme == "s3":
-        if not parts.netloc:
-            raise InvalidStorageUrl(f"{url!r} has no bucket: use s3://bucket/prefix.")
-        from storage.s3 import S3Store
-
-        return S3Store(
-            parts.netloc,
-            parts.path.strip("/"),
-            endpoint_url=endpoint_url,
-            region=region,
-            **s3_options,
-        )
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise InvalidStorageUrl(
-                f"{url!r} names host {parts.netloc!r}: use file:///absolute/path (three slashes)."
-            )
-        from storage.local import LocalStore
-
-        return LocalStore.from_url(url)
-    raise InvalidStorageUrl(
-        f"Unsupported storage URL {url!r}: use s3://bucket/prefix or file:///absolute/path."
-    )

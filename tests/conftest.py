@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
-from storage.objects import ObjectStore, open_store
+from storage.objects import ObjectStore
+from storage.stores import open_store
 from tests.harness import (
     PG_ADMIN_URL,
     S3_TEST_ENV,

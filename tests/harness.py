@@ -391,7 +391,7 @@ class MotoServer:
 
 def new_bucket(endpoint: str, *, prefix: str = "test") -> str:
     """A fresh bucket on ``endpoint``; returns the storage URL of a folder (``images``) in it."""
-    from storage.objects import open_store
+    from storage.stores import open_store
 
     bucket = f"{prefix}-{uuid.uuid4().hex[:12]}"
     open_store(f"s3://{bucket}", endpoint_url=endpoint, region="us-east-1").ensure_bucket()

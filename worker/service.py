@@ -25,7 +25,8 @@ from core.settings import Settings
 from storage import jobs as job_store
 from storage.db import Engine, make_engine, session_scope
 from storage.models import Job
-from storage.objects import ObjectStore, store_for
+from storage.objects import ObjectStore
+from storage.stores import store_for
 from storage.uploads import UploadPool
 from taskqueue import dead_letters
 from taskqueue.app import make_celery, model_queue, publish_jobs

@@ -50,8 +50,9 @@ from storage.access import resolve_owned
 from storage.db import Engine, make_engine, session_scope
 from storage.gallery import JobFilter, job_for_image
 from storage.ids import AmbiguousId
-from storage.objects import ObjectNotFound, ObjectStore, store_for
+from storage.objects import ObjectNotFound, ObjectStore
 from storage.progress import STAGES
+from storage.stores import store_for
 
 REFRESH_S = 5
 """Pages with open work reload themselves this often (a meta refresh: no script needed)."""

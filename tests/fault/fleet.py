@@ -17,7 +17,7 @@ from producer.prompts import JobDefaults
 from producer.submit import SubmitReport, submit_file
 from storage.db import make_engine, session_scope
 from storage.models import Job, JobStatus
-from storage.objects import open_store
+from storage.stores import open_store
 from taskqueue.app import PRIORITY_STEPS, REDIS_SEP, queue_name
 from tests.harness import (
     RedisServer,

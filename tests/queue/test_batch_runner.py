@@ -15,8 +15,8 @@ from PIL import Image
 from core.jobspec import JobSpec, ParsedJob
 from storage.db import make_engine, session_scope
 from storage.models import JobStatus
-from storage.objects import open_store
 from storage.queries import get_job, load_jobs
+from storage.stores import open_store
 from storage.submissions import create_submission, insert_jobs, job_id_for
 from storage.uploads import UploadPool
 from worker.batch import BatchRunner, Outlets

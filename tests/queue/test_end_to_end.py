@@ -21,7 +21,7 @@ from producer.submit import submit_file
 from status.queries import cancel, list_jobs, wait_for
 from storage.db import make_engine, session_scope
 from storage.models import Job, Submission
-from storage.objects import open_store
+from storage.stores import open_store
 from taskqueue.app import make_celery, queue_name
 from tests.helpers_processes import WorkerProcess, settings_from
 from worker.models import load_model

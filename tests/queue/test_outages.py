@@ -14,8 +14,9 @@ import pytest
 from storage.db import make_engine, session_scope
 from storage.jobs import Owner, claim_jobs, release_for_retry
 from storage.models import JobStatus, utcnow
-from storage.objects import PROBE_KEY, open_store
+from storage.objects import PROBE_KEY
 from storage.queries import load_jobs
+from storage.stores import open_store
 from storage.uploads import UploadPool
 from tests.harness import MotoServer, new_bucket, wait_until
 from tests.queue.test_batch_runner import add_jobs

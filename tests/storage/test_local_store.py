@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from storage.local import LocalStore
-from storage.objects import InvalidStorageUrl, ObjectNotFound, open_store
+from storage.objects import InvalidStorageUrl, ObjectNotFound
+from storage.stores import open_store
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 1000
 

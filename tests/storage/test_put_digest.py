@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from storage.local import LocalStore
-from storage.objects import UploadNotVerified, open_store
+from storage.objects import UploadNotVerified
 from storage.s3 import verify_put_reply
+from storage.stores import open_store
 from tests.storage.s3_front import FaultFront
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 32

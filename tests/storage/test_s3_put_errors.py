@@ -10,15 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from core.errors import StoreUnavailable
-from storage.objects import (
-    BucketNotFound,
-    StoreAccessDenied,
-    StoreRejected,
-    UploadNotVerified,
-    open_store,
-)
+from storage.objects import BucketNotFound, StoreAccessDenied, StoreRejected, UploadNotVerified
 from storage.s3 import S3Store
 from storage.s3_put import CrtPut, SignedPut, bucket_url
+from storage.stores import open_store
 from tests.storage.s3_front import FaultFront, s3_error
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64

@@ -14,14 +14,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from core.errors import StoreUnavailable, UserError
-from storage.objects import (
-    BucketNotFound,
-    InvalidStorageUrl,
-    ObjectNotFound,
-    UploadNotVerified,
-    open_store,
-)
+from storage.objects import BucketNotFound, InvalidStorageUrl, ObjectNotFound, UploadNotVerified
 from storage.s3 import S3Store, verify_put_reply
+from storage.stores import open_store
 from tests.conftest import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from core.errors import UserError
 from status.web.app import create_app
 from storage.models import JobStatus
-from storage.objects import open_store
+from storage.stores import open_store
 from tests.harness import REPO_ROOT, free_port, port_open, run_cli, wait_until
 from tests.ui.conftest import (
     DEAD_WORKER,

@@ -25,7 +25,7 @@ from status.queries import results
 from status.web.app import create_app
 from storage.db import Engine, make_engine
 from storage.local import LocalStore
-from storage.objects import store_for
+from storage.stores import store_for
 from tests.export.conftest import make_submission
 from tests.export.readers import read_webdataset
 from tests.harness import REPO_ROOT

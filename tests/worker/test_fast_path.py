@@ -173,7 +173,7 @@ def test_the_copy_to_host_is_pinned_asynchronous_and_exact_on_cuda(tiny_model_di
 def test_a_stored_png_says_in_its_text_when_the_tiny_vae_made_it(sampler, tmp_path, tiny):
     from PIL import Image
 
-    from storage.objects import open_store
+    from storage.stores import open_store
     from tests.worker.test_budget import make_job
     from worker.metrics import WorkerMetrics
     from worker.recording import Recorder
