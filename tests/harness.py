@@ -19,13 +19,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     import psycopg
@@ -92,6 +93,36 @@ def wait_until(
 
 
 # -- environments and settings --------------------------------------------------------------------
+
+
+class ServedAsgi:
+    """An ASGI app served by uvicorn in a thread of the test process, on a free loopback port."""
+
+    def __init__(self, app: Any, *, name: str, what: str, **uvicorn_options: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", **uvicorn_options
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
+        self.what = what
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        wait_until(
+            lambda: self.server.started or not self.thread.is_alive(),
+            timeout=30,
+            what=f"{self.what} to listen",
+        )
+        assert self.server.started, "uvicorn exited before it listened"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
 
 
 @contextmanager

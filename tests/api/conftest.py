@@ -6,7 +6,6 @@ folder), rendered by a real ``loopfree worker`` process where a test needs image
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,12 +19,11 @@ from storage.models import utcnow
 from storage.tokens import create_token
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, redis_client, service_missing
 from tests.harness import (
-    free_port,
+    ServedAsgi,
     loopfree_env,
     new_bucket,
     settings_from,
     throwaway_database,
-    wait_until,
 )
 from worker.tiny import make_model
 
@@ -40,36 +38,18 @@ class Clock:
         return utcnow() + self.shift
 
 
-class ServedApi:
+class ServedApi(ServedAsgi):
     """``api.app.create_app`` served by uvicorn in a thread of the test process."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
-        import uvicorn
-
         from api.app import create_app
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(settings, clock=clock)
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", limit_concurrency=500
+        super().__init__(
+            create_app(settings, clock=clock),
+            name="api-server",
+            what="the API",
+            limit_concurrency=500,
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
-
-    def __enter__(self) -> ServedApi:
-        self.thread.start()
-        wait_until(
-            lambda: self.server.started or not self.thread.is_alive(),
-            timeout=30,
-            what="the API to listen",
-        )
-        assert self.server.started, "uvicorn exited before it listened"
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @dataclass

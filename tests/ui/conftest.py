@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,13 +39,12 @@ from tests.conftest import REDIS_URL, redis_client, service_missing
 from tests.harness import (
     PG_ADMIN_URL,
     REPO_ROOT,
+    ServedAsgi,
     WorkerProcess,
-    free_port,
     loopfree_env,
     new_bucket,
     settings_from,
     throwaway_database,
-    wait_until,
 )
 from worker.tiny import make_model
 
@@ -211,33 +209,11 @@ def _render(backend: str, env: dict[str, str], folder: Path) -> RenderedRun:
 # -- the web view --------------------------------------------------------------------------------
 
 
-class ServedApp:
+class ServedApp(ServedAsgi):
     """The web view on a free loopback port, served by uvicorn in a thread of the test process."""
 
     def __init__(self, settings: Settings) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="ui-server", daemon=True)
-
-    def __enter__(self) -> ServedApp:
-        self.thread.start()
-        wait_until(
-            lambda: self.server.started or not self.thread.is_alive(),
-            timeout=30,
-            what="the web view to listen",
-        )
-        assert self.server.started, "uvicorn exited before it listened"
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().__init__(create_app(settings), name="ui-server", what="the web view")
 
 
 @pytest.fixture(scope="session")
