@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ __all__ = [
     "Session",
     "bound_lock_waits",
     "classify_db_error",
+    "dialect_insert",
     "engine_label",
     "make_engine",
     "pg_session_options",
@@ -132,6 +134,17 @@ def bound_lock_waits(session: Session, seconds: float = RECONCILER_LOCK_TIMEOUT_
     operator commands, which must never queue behind a stalled worker's transaction."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL lock_timeout = {int(seconds * 1000)}"))
+
+
+def dialect_insert(session: Session, table: Any) -> Any:
+    """The session's dialect's INSERT for ``table``: the one with ``on_conflict_do_nothing`` and
+    ``on_conflict_do_update`` (PostgreSQL and SQLite both have them; plain ``insert`` does not)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
 
 
 def _parse_url(url: str) -> URL:

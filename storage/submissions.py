@@ -20,12 +20,12 @@ from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import case, func, literal, select, text, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.jobspec import FIELD_NAMES, JobSpec, ParsedJob
 from storage.bulk import insert_job_rows
 from storage.counters import apply_pending, note_added
+from storage.db import dialect_insert
 from storage.models import JOB_ATTRIBUTES, Flow, Job, JobStatus, Submission, aware_utc, utcnow
 
 # Fixed namespace for uuid5 job ids; changing it would change every derived id.
@@ -78,7 +78,7 @@ def create_submission(
         "owner": owner,
     }
     table = Submission.__table__
-    statement = _insert(session, table).values(values)
+    statement = dialect_insert(session, table).values(values)
     if idempotency_key is not None:
         # Two producers racing on one key: one inserts, the other gets no row back and reads it.
         statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
@@ -137,7 +137,7 @@ def ensure_flows(
     owner = session.scalar(select(Submission.owner).where(Submission.id == submission_id))
     for model, priority in sorted(set(keys)):
         statement = (
-            _insert(session, Flow.__table__)
+            dialect_insert(session, Flow.__table__)
             .values(
                 submission_id=submission_id,
                 model=model,
@@ -345,16 +345,6 @@ def reopen_submissions(session: Session, *, submission_id: str | None = None) ->
         .execution_options(synchronize_session=False)
     )
     return result.rowcount
-
-
-def _insert(session: Session, table: Any) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_nothing`` on PostgreSQL and SQLite."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
 
 
 # The columns of a new row that do not come from its JobSpec, in the order ``job_row`` fills them.

@@ -29,14 +29,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
-from typing import Any
 
 from sqlalchemy import Engine, case, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core.errors import RetryableError
+from storage.db import dialect_insert
 from storage.models import Flow, OwnerUsage
 
 PIXEL_STEPS_PER_UNIT = 512 * 512 * 4
@@ -78,7 +77,7 @@ def charge_day(
     if limit is not None and pixel_steps > limit:
         return None
     table = OwnerUsage.__table__
-    statement = _insert(session, table).values(
+    statement = dialect_insert(session, table).values(
         owner=owner, day=day, pixel_steps=pixel_steps, jobs=jobs
     )
     guard = None if limit is None else (table.c.pixel_steps + pixel_steps <= limit)
@@ -167,13 +166,3 @@ def _busy(owner: str, timeout_s: float) -> OwnerBusy:
         f"another submission of owner {owner!r} has been being written for over {timeout_s:.0f} s "
         "(its jobs are counted against the quota of jobs open at once first); try again shortly"
     )
-
-
-def _insert(session: Session, table: Any) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_update`` on PostgreSQL and SQLite."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"unsupported database dialect {dialect!r}")  # pragma: no cover
