@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import String, cast, select
+from sqlalchemy import Select, String, cast, select
 from sqlalchemy.orm import Session
 
 from core.errors import UserError
@@ -41,9 +41,16 @@ class Match:
 
 
 def resolve(
-    session: Session, text: str, *, kinds: tuple[Kind, ...] = ("submission", "job")
+    session: Session,
+    text: str,
+    *,
+    kinds: tuple[Kind, ...] = ("submission", "job"),
+    owner: str | None = None,
 ) -> Match | None:
     """The one submission or job whose id is ``text`` or starts with it; None if none.
+
+    With ``owner``, only that owner's submissions and their jobs are looked at: an id of anyone
+    else's is not found, and the candidates of an ambiguous prefix are all the owner's.
 
     Raises ``UserError`` for text that cannot be an id prefix, and ``AmbiguousId`` naming the
     candidates when several ids start with it.
@@ -55,7 +62,8 @@ def resolve(
         full = None
     if full is not None:
         for kind in kinds:
-            if session.get(_MODELS[kind], full) is not None:
+            column = _MODELS[kind].id
+            if session.scalar(_owned(select(column).where(column == full), kind, owner)):
                 return Match(kind, full)
         return None
     if len(cleaned.replace("-", "")) < MIN_PREFIX or not _PREFIX.match(cleaned):
@@ -71,10 +79,11 @@ def resolve(
             pattern = cleaned + "%"
         else:
             pattern = cleaned.replace("-", "") + "%"
-        statement = (
-            select(column).where(cast(column, String).like(pattern)).limit(CANDIDATES_SHOWN + 1)
+        statement = _owned(select(column).where(cast(column, String).like(pattern)), kind, owner)
+        found.extend(
+            Match(kind, str(value))
+            for value in session.scalars(statement.limit(CANDIDATES_SHOWN + 1))
         )
-        found.extend(Match(kind, str(value)) for value in session.scalars(statement))
     if not found:
         return None
     if len(found) > 1:
@@ -84,6 +93,15 @@ def resolve(
             f"{text!r} matches several ids{more}; type more characters of one of:\n{shown}"
         )
     return found[0]
+
+
+def _owned(statement: Select[Any], kind: Kind, owner: str | None) -> Select[Any]:
+    """``statement`` over ``kind``'s ids, narrowed to ``owner``'s submissions when one is given."""
+    if owner is None:
+        return statement
+    if kind == "job":
+        statement = statement.join(Submission, Submission.id == Job.submission_id)
+    return statement.where(Submission.owner == owner)
 
 
 _MODELS = {"submission": Submission, "job": Job}
