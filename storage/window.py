@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
 from storage.counters import FlowKey, note_exhausted, note_moves
@@ -103,23 +103,13 @@ def take_from_backlog(
     """Move up to ``count`` of the flow's backlog jobs, in position order, into the window
     (``dispatched_at`` = now); returns their ids, for the caller to publish after the commit.
     A flow that turns out to have none left has its backlog hint set to zero."""
-    submission_id, model, priority = key
     now = now or utcnow()
     # Chosen first, then updated by id: a locking subquery inside the UPDATE would be scanned
     # again by PostgreSQL for every row and, skipping the rows it had just updated, take the
     # whole backlog.
     chosen = list(
         session.scalars(
-            select(Job.id)
-            .where(
-                Job.submission_id == submission_id,
-                Job.model == model,
-                Job.priority == priority,
-                IN_BACKLOG,
-            )
-            .order_by(Job.position)
-            .limit(count)
-            .with_for_update(skip_locked=True)
+            _backlog_of(key).order_by(Job.position).limit(count).with_for_update(skip_locked=True)
         )
     )
     taken: list[str] = []
@@ -139,18 +129,18 @@ def take_from_backlog(
 
 
 def _has_backlog(session: Session, key: FlowKey) -> bool:
+    return session.scalar(_backlog_of(key).limit(1)) is not None
+
+
+def _backlog_of(key: FlowKey) -> Select[tuple[str]]:
+    """The ids of the flow's jobs in the backlog (queued, not in the window)."""
     submission_id, model, priority = key
-    statement = (
-        select(Job.id)
-        .where(
-            Job.submission_id == submission_id,
-            Job.model == model,
-            Job.priority == priority,
-            IN_BACKLOG,
-        )
-        .limit(1)
+    return select(Job.id).where(
+        Job.submission_id == submission_id,
+        Job.model == model,
+        Job.priority == priority,
+        IN_BACKLOG,
     )
-    return session.scalar(statement) is not None
 
 
 def return_to_backlog(session: Session, job_ids: Sequence[str]) -> int:
